@@ -1,0 +1,460 @@
+"""Typed, validated configuration for simclr_tf.
+
+Frozen dataclasses, one per concern. Field names follow the original SimCLR flag names where one
+exists (`--temperature` -> `LossConfig.temperature` -> `nt_xent(temperature=)`), so a flag, a config
+field and a keyword argument are the same word. This module imports no TensorFlow: the CLI can
+validate a whole run before the (slow) TensorFlow import.
+
+Derived values that depend on several fields (augmentation defaults for small images, the CIFAR
+stem) are resolved in one place, `Config.resolved()`, so the rest of the code sees plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+# Datasets we know without asking TFDS: name -> (native image size, number of classes).
+# Any other name is passed to TFDS as-is.
+KNOWN_DATASETS = {
+    "digits": (32, 10),
+    "synthetic": (32, 10),
+    "cifar10": (32, 10),
+    "cifar100": (32, 100),
+    "stl10": (96, 10),
+    "imagenet2012": (224, 1000),
+    "imagenet2012_subset": (224, 1000),
+    "imagenette": (224, 10),
+}
+
+SMALL_IMAGE_SIZE = 32  # at or below this the CIFAR recipe applies (paper, appendix B.9)
+
+
+class ConfigError(ValueError):
+    """A configuration value or combination is invalid. The message says how to fix it."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    _check(
+        value in allowed,
+        f"`{name}` must be one of {', '.join(map(repr, allowed))}. Received: {value!r}.",
+    )
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    what = "non-negative" if allow_zero else "positive"
+    _check(
+        isinstance(value, (int, float)) and math.isfinite(value) and ok,
+        f"`{name}` must be {what}. Received: {value!r}.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where images come from.
+
+    Attributes:
+        dataset: `digits` (built in, scikit-learn's scans), `synthetic`, `folder` (see
+            `image_dir`), or any TFDS name (`cifar10`, `imagenet2012`, ...).
+        data_dir: TFDS data directory. `None` uses TFDS' default.
+        download: let TFDS download and prepare the data set if it is missing.
+        image_dir: root of an image folder, used when `dataset == "folder"`.
+        eval_image_dir: optional separate folder for evaluation images.
+        train_split / eval_split: split names (TFDS syntax; `train` / `test` for the others).
+        image_size: side of the square model input. `None` uses the data set's native size.
+        cache_dataset: cache decoded images in memory.
+        train_label_fraction: fraction of labelled training images used for supervised training
+            (class-balanced, deterministic by seed). 1.0 uses all.
+        train_labels_per_class: if > 0, use exactly this many labelled images per class instead.
+        synthetic_examples: number of images of the `synthetic` data set.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = True
+    image_dir: str | None = None
+    eval_image_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_size: int | None = None
+    cache_dataset: bool = True
+    train_label_fraction: float = 1.0
+    train_labels_per_class: int = 0
+    synthetic_examples: int = 256
+
+    def validate(self) -> None:
+        _check(bool(self.dataset), "`dataset` must be a name, e.g. `digits` or `cifar10`.")
+        if self.dataset == "folder":
+            _check(
+                bool(self.image_dir),
+                "`dataset=folder` needs `image_dir`: the root folder of your images, e.g. "
+                "--image_dir=/data/my_images.",
+            )
+        if self.image_size is not None:
+            _check(
+                isinstance(self.image_size, int) and self.image_size >= 8,
+                f"`image_size` must be an integer of at least 8 pixels. Received: {self.image_size!r}.",
+            )
+        _check(
+            0.0 < self.train_label_fraction <= 1.0,
+            f"`train_label_fraction` must be in (0, 1]. Received: {self.train_label_fraction!r}.",
+        )
+        _positive("train_labels_per_class", self.train_labels_per_class, allow_zero=True)
+        _positive("synthetic_examples", self.synthetic_examples)
+
+    def native_image_size(self) -> int:
+        if self.dataset in KNOWN_DATASETS:
+            return KNOWN_DATASETS[self.dataset][0]
+        return 224
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """SimCLR's data augmentation.
+
+    `None` means "the paper's default for this image size": strength 1.0 with blur for ImageNet-sized
+    images, strength 0.5 without blur at 32 px and below (paper, appendix B.9).
+
+    Attributes:
+        color_jitter_strength: colour distortion strength s.
+        use_blur: apply Gaussian blur (p = 0.5 per view).
+        color_jitter_impl: `v2` (SimCLRv2 code, default) or `v1` (SimCLRv1 code).
+        crop_min_area: smallest area fraction of the random resized crop.
+    """
+
+    color_jitter_strength: float | None = None
+    use_blur: bool | None = None
+    color_jitter_impl: str = "v2"
+    crop_min_area: float = 0.08
+
+    def validate(self) -> None:
+        if self.color_jitter_strength is not None:
+            _positive("color_jitter_strength", self.color_jitter_strength, allow_zero=True)
+        _one_of("color_jitter_impl", self.color_jitter_impl, ("v1", "v2"))
+        _check(
+            0.0 < self.crop_min_area <= 1.0,
+            f"`crop_min_area` must be in (0, 1]. Received: {self.crop_min_area!r}.",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and heads.
+
+    Attributes:
+        resnet_depth: 18, 34, 50, 101, 152 or 200.
+        width_multiplier: channel multiplier of the ResNet (1 to 4 in the papers).
+        sk_ratio: selective-kernel reduction ratio (SimCLRv2 uses 0.0625); 0 disables.
+        se_ratio: squeeze-excitation ratio; 0 disables.
+        cifar_stem: 3x3 stride-1 stem without max-pool. `None`: on for images of 32 px or less.
+        batch_norm_decay: batch-norm moving-average momentum.
+        global_bn: synchronise batch-norm statistics across replicas.
+        proj_head_mode: `none`, `linear` or `nonlinear`.
+        proj_out_dim: output size of the projection head.
+        num_proj_layers: layers of the projection head (2 in SimCLRv1, 3 in SimCLRv2).
+        ft_proj_selector: projection-head layer that fine-tuning starts from (0 = encoder output).
+        zero_init_logits_layer: zero-initialise the supervised head.
+        num_classes: classes of the supervised head; `None` takes it from the data.
+    """
+
+    resnet_depth: int = 50
+    width_multiplier: int = 1
+    sk_ratio: float = 0.0
+    se_ratio: float = 0.0
+    cifar_stem: bool | None = None
+    batch_norm_decay: float = 0.9
+    global_bn: bool = True
+    proj_head_mode: str = "nonlinear"
+    proj_out_dim: int = 128
+    num_proj_layers: int = 3
+    ft_proj_selector: int = 0
+    zero_init_logits_layer: bool = False
+    num_classes: int | None = None
+
+    def validate(self) -> None:
+        _one_of("resnet_depth", self.resnet_depth, (18, 34, 50, 101, 152, 200))
+        _check(
+            isinstance(self.width_multiplier, int) and 1 <= self.width_multiplier <= 8,
+            f"`width_multiplier` must be an integer from 1 to 8. Received: {self.width_multiplier!r}.",
+        )
+        _check(0.0 <= self.sk_ratio < 1.0, f"`sk_ratio` must be in [0, 1). Received: {self.sk_ratio!r}.")
+        _check(0.0 <= self.se_ratio < 1.0, f"`se_ratio` must be in [0, 1). Received: {self.se_ratio!r}.")
+        _check(
+            0.0 < self.batch_norm_decay < 1.0,
+            f"`batch_norm_decay` must be in (0, 1). Received: {self.batch_norm_decay!r}.",
+        )
+        _one_of("proj_head_mode", self.proj_head_mode, ("none", "linear", "nonlinear"))
+        _positive("proj_out_dim", self.proj_out_dim)
+        _positive("num_proj_layers", self.num_proj_layers)
+        _check(
+            0 <= self.ft_proj_selector <= self.num_proj_layers,
+            f"`ft_proj_selector` must be in [0, num_proj_layers={self.num_proj_layers}]. "
+            f"Received: {self.ft_proj_selector!r}.",
+        )
+        if self.num_classes is not None:
+            _positive("num_classes", self.num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """NT-Xent.
+
+    Attributes:
+        temperature: softmax temperature tau (0.1 for ImageNet, 0.5 for CIFAR-10).
+        hidden_norm: L2-normalise the projections before the dot products (cosine similarity).
+    """
+
+    temperature: float = 0.1
+    hidden_norm: bool = True
+
+    def validate(self) -> None:
+        _check(
+            isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+            and self.temperature > 0,
+            f"`temperature` must be a positive number (the paper uses 0.1 on ImageNet, 0.5 on "
+            f"CIFAR-10). Received: {self.temperature!r}.",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        optimizer: `lars`, `momentum` (Nesterov) or `adam`.
+        learning_rate: base learning rate, scaled by `learning_rate_scaling`.
+        learning_rate_scaling: `linear` (lr * B / 256), `sqrt` (lr * sqrt(B)) or `none`.
+        warmup_epochs: linear warm-up length in epochs.
+        momentum: momentum of LARS / SGD.
+        weight_decay: L2 weight decay lambda.
+        lars_eta: LARS trust coefficient.
+    """
+
+    optimizer: str = "lars"
+    learning_rate: float = 0.3
+    learning_rate_scaling: str = "linear"
+    warmup_epochs: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    lars_eta: float = 0.001
+
+    def validate(self) -> None:
+        _one_of("optimizer", self.optimizer, ("lars", "momentum", "adam"))
+        _one_of("learning_rate_scaling", self.learning_rate_scaling, ("linear", "sqrt", "none"))
+        _positive("learning_rate", self.learning_rate)
+        _positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
+        _check(0.0 <= self.momentum < 1.0, f"`momentum` must be in [0, 1). Received: {self.momentum!r}.")
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("lars_eta", self.lars_eta)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What to run and for how long.
+
+    Attributes:
+        mode: `train`, `eval` or `train_then_eval`.
+        train_mode: `pretrain` (contrastive) or `finetune` (supervised from a checkpoint).
+        lineareval_while_pretraining: train a linear head on stop-gradient features while
+            pretraining (needs labels).
+        fine_tune_after_block: -1 fine-tunes everything; 0 freezes the stem; k freezes up to
+            block group k; 4 is linear evaluation (only the head trains).
+        train_batch_size / eval_batch_size: global batch sizes.
+        train_epochs / train_steps: length of training; `train_steps > 0` wins.
+        eval_steps: evaluation batches; 0 evaluates the whole split.
+        checkpoint_epochs / checkpoint_steps: checkpoint period; `checkpoint_steps > 0` wins.
+        keep_checkpoint_max: checkpoints kept.
+        keep_hub_module_max: exported SavedModels kept.
+        model_dir: where checkpoints, logs, results and exports go.
+        checkpoint: checkpoint to initialise from (fine-tuning / evaluation).
+        seed: seed for weights, augmentations and data order.
+        jit_compile: compile the train step with XLA.
+        precision: `float32`, `mixed_bfloat16` or `mixed_float16`.
+        steps_per_execution: train steps run per call into TensorFlow.
+        knn_every_epochs: run the kNN monitor every this many epochs (0 disables).
+    """
+
+    mode: str = "train_then_eval"
+    train_mode: str = "pretrain"
+    lineareval_while_pretraining: bool = True
+    fine_tune_after_block: int = -1
+    train_batch_size: int = 512
+    eval_batch_size: int = 256
+    train_epochs: int = 100
+    train_steps: int = 0
+    eval_steps: int = 0
+    checkpoint_epochs: int = 1
+    checkpoint_steps: int = 0
+    keep_checkpoint_max: int = 5
+    keep_hub_module_max: int = 1
+    model_dir: str = "/tmp/simclr_tf"
+    checkpoint: str | None = None
+    seed: int = 0
+    jit_compile: bool = False
+    precision: str = "float32"
+    steps_per_execution: int = 1
+    knn_every_epochs: int = 0
+
+    def validate(self) -> None:
+        _one_of("mode", self.mode, ("train", "eval", "train_then_eval"))
+        _one_of("train_mode", self.train_mode, ("pretrain", "finetune"))
+        _check(
+            -1 <= self.fine_tune_after_block <= 4,
+            f"`fine_tune_after_block` must be in [-1, 4]. Received: {self.fine_tune_after_block!r}.",
+        )
+        for name in ("train_batch_size", "eval_batch_size", "keep_checkpoint_max", "steps_per_execution"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and value > 0,
+                f"`{name}` must be a positive integer. Received: {value!r}.",
+            )
+        for name in ("train_epochs", "train_steps", "eval_steps", "checkpoint_epochs",
+                     "checkpoint_steps", "keep_hub_module_max", "knn_every_epochs"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and value >= 0,
+                f"`{name}` must be a non-negative integer. Received: {value!r}.",
+            )
+        _check(
+            self.train_epochs > 0 or self.train_steps > 0 or self.mode == "eval",
+            "Training needs `train_epochs > 0` or `train_steps > 0`.",
+        )
+        _check(bool(self.model_dir), "`model_dir` must be a directory path.")
+        _one_of("precision", self.precision, ("float32", "mixed_bfloat16", "mixed_float16"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Devices and distribution.
+
+    Attributes:
+        strategy: `default`, `mirrored`, `multi_worker` or `tpu`.
+        devices: devices for `mirrored` (e.g. `("/gpu:0", "/gpu:1")`); empty uses all GPUs.
+        tpu_name / tpu_zone / gcp_project: TPU cluster resolver arguments.
+    """
+
+    strategy: str = "default"
+    devices: tuple[str, ...] = ()
+    tpu_name: str | None = None
+    tpu_zone: str | None = None
+    gcp_project: str | None = None
+
+    def validate(self) -> None:
+        _one_of("strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def validate(self) -> Config:
+        """Checks every field and the combinations; returns self so calls can chain."""
+        for part in (self.data, self.augment, self.model, self.loss, self.optimizer, self.train,
+                     self.runtime):
+            part.validate()
+        if self.train.fine_tune_after_block >= 0:
+            _check(
+                self.train.train_mode == "finetune",
+                "`fine_tune_after_block` only applies with `train_mode=finetune`. "
+                f"Received train_mode={self.train.train_mode!r}.",
+            )
+        image_size = self.image_size
+        min_size = 8 if self.uses_cifar_stem else 32
+        _check(
+            image_size >= min_size,
+            f"`image_size` ({image_size}) is too small for the "
+            f"{'CIFAR' if self.uses_cifar_stem else 'ImageNet'} stem of the ResNet, which needs at "
+            f"least {min_size} px. Use a larger --image_size"
+            + ("" if self.uses_cifar_stem else " or --cifar_stem") + ".",
+        )
+        return self
+
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size or self.data.native_image_size()
+
+    @property
+    def uses_cifar_stem(self) -> bool:
+        if self.model.cifar_stem is not None:
+            return self.model.cifar_stem
+        return self.image_size <= SMALL_IMAGE_SIZE
+
+    def resolved(self) -> Config:
+        """Fills every `None` that means "the default for this data" with a concrete value."""
+        small = self.image_size <= SMALL_IMAGE_SIZE
+        augment = dataclasses.replace(
+            self.augment,
+            color_jitter_strength=(
+                self.augment.color_jitter_strength
+                if self.augment.color_jitter_strength is not None
+                else (0.5 if small else 1.0)
+            ),
+            use_blur=self.augment.use_blur if self.augment.use_blur is not None else not small,
+        )
+        model = dataclasses.replace(self.model, cifar_stem=self.uses_cifar_stem)
+        data = dataclasses.replace(self.data, image_size=self.image_size)
+        return dataclasses.replace(self, data=data, augment=augment, model=model)
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        parts = {}
+        for field in dataclasses.fields(cls):
+            part_cls = field.type if isinstance(field.type, type) else _PARTS[field.name]
+            raw = dict(values.get(field.name, {}))
+            known = {f.name for f in dataclasses.fields(part_cls)}
+            unknown = set(raw) - known
+            _check(not unknown, f"Unknown `{field.name}` config keys: {sorted(unknown)}.")
+            if "devices" in raw:
+                raw["devices"] = tuple(raw["devices"])
+            parts[field.name] = part_cls(**raw)
+        return cls(**parts)
+
+
+_PARTS = {
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optimizer": OptimizerConfig,
+    "train": TrainConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def save_config(config: Config, directory: str, filename: str = "config.json") -> str:
+    """Writes the config as JSON, atomically; returns the path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, filename)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_config(path: str) -> Config:
+    with open(path, encoding="utf-8") as f:
+        return Config.from_dict(json.load(f))

@@ -1,0 +1,75 @@
+"""Config validation and derived values."""
+
+import dataclasses
+
+import pytest
+
+from simclr_tf.config import (
+    AugmentConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimizerConfig,
+    TrainConfig,
+    load_config,
+    save_config,
+)
+
+
+def test_defaults_validate():
+    Config().validate()
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (Config(loss=LossConfig(temperature=0.0)), r"`temperature` must be a positive number.*0\.0"),
+        (Config(loss=LossConfig(temperature=-1.0)), r"`temperature`.*-1\.0"),
+        (Config(model=ModelConfig(resnet_depth=42)), r"`resnet_depth` must be one of 18, 34.*42"),
+        (Config(optimizer=OptimizerConfig(optimizer="sgdd")), r"`optimizer` must be one of.*'sgdd'"),
+        (Config(train=TrainConfig(train_batch_size=0)), r"`train_batch_size` must be a positive"),
+        (Config(train=TrainConfig(mode="fit")), r"`mode` must be one of"),
+        (Config(data=DataConfig(dataset="folder")), r"needs `image_dir`"),
+        (Config(data=DataConfig(train_label_fraction=1.5)), r"`train_label_fraction` must be in \(0, 1\]"),
+        (Config(data=DataConfig(image_size=16), model=ModelConfig(cifar_stem=False)),
+         r"`image_size` \(16\) is too small for the ImageNet stem"),
+        (Config(train=TrainConfig(fine_tune_after_block=2)), r"only applies with `train_mode=finetune`"),
+        (Config(model=ModelConfig(ft_proj_selector=5, num_proj_layers=3)), r"`ft_proj_selector`"),
+        (Config(augment=AugmentConfig(color_jitter_impl="v3")), r"`color_jitter_impl`"),
+    ],
+)
+def test_invalid_values_say_what_to_fix(config, match):
+    with pytest.raises(ConfigError, match=match):
+        config.validate()
+
+
+def test_small_images_get_the_cifar_recipe():
+    resolved = Config(data=DataConfig(dataset="cifar10")).resolved()
+    assert resolved.augment.color_jitter_strength == 0.5
+    assert resolved.augment.use_blur is False
+    assert resolved.model.cifar_stem is True
+    assert resolved.data.image_size == 32
+
+
+def test_large_images_get_the_imagenet_recipe_unless_overridden():
+    resolved = Config(data=DataConfig(dataset="imagenet2012")).resolved()
+    assert (resolved.augment.color_jitter_strength, resolved.augment.use_blur) == (1.0, True)
+    assert resolved.model.cifar_stem is False
+    overridden = Config(
+        data=DataConfig(dataset="imagenet2012"),
+        augment=AugmentConfig(color_jitter_strength=0.3, use_blur=False),
+    ).resolved()
+    assert (overridden.augment.color_jitter_strength, overridden.augment.use_blur) == (0.3, False)
+
+
+def test_json_round_trip(tmp_path):
+    config = Config(
+        data=DataConfig(dataset="cifar10", image_size=32),
+        model=ModelConfig(resnet_depth=18, sk_ratio=0.0625),
+        train=TrainConfig(train_steps=7, model_dir=str(tmp_path)),
+    )
+    path = save_config(config, str(tmp_path))
+    assert load_config(path) == config
+    assert dataclasses.asdict(load_config(path)) == dataclasses.asdict(config)
