@@ -1,0 +1,177 @@
+"""The contrastive loss of SimCLR: NT-Xent, on one device or across replicas.
+
+References:
+    - [Chen et al., 2020. A Simple Framework for Contrastive Learning of Visual
+      Representations](https://arxiv.org/abs/2002.05709) (SimCLR), eq. 1 and Algorithm 1.
+    - [Chen et al., 2020. Big Self-Supervised Models are Strong Semi-Supervised
+      Learners](https://arxiv.org/abs/2006.10029) (SimCLRv2).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import tensorflow as tf
+
+# Replaces a query's similarity with itself in the returned logits, so that the contrastive
+# accuracy metric (an argmax) never picks it. A finite number rather than -inf, so that downstream
+# metrics such as `softmax * logits` (entropy) stay finite: -inf would turn `0 * logit` into NaN.
+# The loss does not use it: it excludes the self-similarity exactly (see `_cross_entropy`), which a
+# finite mask cannot do once logits reach its magnitude (unnormalised projections of norm 1e4 at
+# temperature 0.05 give logits of 2e9).
+_MASK_VALUE = -1e9
+
+# Guards the L2 normalisation of an all-zero projection (the result is then zero, not NaN).
+_NORM_EPSILON = 1e-12
+
+
+def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
+    """Normalised temperature-scaled cross entropy (NT-Xent), SimCLR's contrastive loss.
+
+    Each of the `N` local samples has two views. A query (one view of sample `i`) must pick its
+    positive (the other view of sample `i`) out of all `2 * N_global - 1` other views of the
+    global batch: the other `2 * N_global - 2` views are its negatives. Similarities are cosine
+    similarities (dot products of L2-normalised projections) when `normalize` is true, divided
+    by `temperature` (paper, eq. 1 and Algorithm 1).
+
+    Scale: like the original SimCLR code, the loss is the mean over the `N` local samples of
+    `CE(view-1 query) + CE(view-2 query)`, which is **twice** the paper's average over the `2N`
+    terms `l(2k-1, 2k) + l(2k, 2k-1)`. Keeping the original code's scale keeps its published
+    hyperparameters (learning rates, weight decay) valid. For example, if all embeddings are
+    identical, every term is `log(2N - 1)` and the loss is `2 * log(2N - 1)`.
+
+    Inputs are cast to float32 first, whatever their dtype, so `bfloat16` / `float16`
+    projections from a mixed-precision model give a float32 loss.
+
+    Across replicas: when called in a `tf.distribute` replica context with more than one
+    replica in sync, `z_1` and `z_2` are all-gathered from every replica along the batch axis, so
+    each local query meets all `2 * N_global - 2` negatives. The all-gather is differentiable:
+    its gradient all-reduces (sums) the upstream gradients of every replica and hands each
+    replica the slice that belongs to its own inputs, so the gradient a replica's negatives
+    receive from the other replicas' queries flows back to the replica that produced them. The
+    returned loss is the mean over the *local* queries; averaging it over replicas (or dividing
+    by the number of replicas and summing gradients, as the train step does) gives exactly the
+    loss and gradients of one device holding the whole global batch. Outside a strategy, in a
+    cross-replica context, or with one replica, nothing is gathered.
+
+    Args:
+        z_1: float tensor of shape `(N, D)`. Projections of the first views of the local batch.
+        z_2: float tensor of shape `(N, D)`. Projections of the second views, in the same
+            sample order as `z_1`.
+        temperature: float. Softmax temperature tau (0.1 for ImageNet, 0.5 for CIFAR-10 in the
+            paper). Must be positive. Defaults to `0.1`.
+        normalize: bool. L2-normalise the projections (cosine similarity). Defaults to `True`.
+
+    Returns:
+        A tuple `(loss, logits_ab, labels)`:
+        - `loss`: float32 scalar, the mean over the local samples of the two directions' cross
+          entropies (see "Scale" above).
+        - `logits_ab`: float32 tensor of shape `(N, 2 * N_global)`, the logits of the view-1
+          queries: `concat([sim(a_i, b_all), sim(a_i, a_all)], axis=1) / temperature`, where
+          the query's similarity with itself (in the second half) is set to a very large
+          negative number (`-1e9`), so it does not win an argmax and has zero probability
+          (for any logits above -1e9; the loss itself excludes it exactly at any scale).
+        - `labels`: float32 one-hot tensor of shape `(N, 2 * N_global)`: the positive of local
+          query `i` on replica `r` is column `offset_r + i` of the first half, where
+          `offset_r` is the number of samples on replicas `0 .. r-1`.
+        `logits_ab` and `labels` feed the contrastive accuracy (argmax) and entropy metrics.
+
+    Raises:
+        ValueError: if `temperature` is not positive, or `z_1` and `z_2` do not have the same
+            static rank-2 shape.
+
+    Example:
+        ```python
+        z_1, z_2 = tf.split(projection_head(encoder(tf.concat([view_1, view_2], 0))), 2)
+        loss, logits_ab, labels = nt_xent(z_1, z_2, temperature=0.1)
+        accuracy = tf.reduce_mean(
+            tf.cast(tf.argmax(logits_ab, 1) == tf.argmax(labels, 1), tf.float32))
+        ```
+    """
+    if isinstance(temperature, numbers.Real) and not temperature > 0:
+        raise ValueError(
+            "`temperature` must be a positive number (the paper uses 0.1 on ImageNet, 0.5 on "
+            f"CIFAR-10). Received: temperature={temperature!r}."
+        )
+    z_1 = tf.cast(z_1, tf.float32)  # (N, D)
+    z_2 = tf.cast(z_2, tf.float32)  # (N, D)
+    _check_shapes(z_1.shape, z_2.shape)
+    temperature = tf.cast(temperature, tf.float32)
+
+    if normalize:
+        z_1 = tf.math.l2_normalize(z_1, axis=-1, epsilon=_NORM_EPSILON)
+        z_2 = tf.math.l2_normalize(z_2, axis=-1, epsilon=_NORM_EPSILON)
+
+    local_size = tf.shape(z_1)[0]
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        # Differentiable: the gradient of all_gather is an all-reduce(SUM) of the upstream
+        # gradients followed by taking this replica's slice (see the docstring).
+        z_1_all = context.all_gather(z_1, axis=0)  # (N_global, D)
+        z_2_all = context.all_gather(z_2, axis=0)  # (N_global, D)
+        # Where this replica's samples start in the gathered batch. Gathering the local sizes
+        # (not assuming replica_id * N) keeps the labels right for uneven final batches.
+        sizes = context.all_gather(tf.reshape(local_size, [1]), axis=0)  # (num_replicas,)
+        replica_id = context.replica_id_in_sync_group
+        offset = tf.reduce_sum(sizes * tf.cast(tf.range(tf.size(sizes)) < replica_id, sizes.dtype))
+    else:
+        z_1_all, z_2_all = z_1, z_2
+        offset = tf.constant(0, dtype=local_size.dtype)
+    global_size = tf.shape(z_1_all)[0]
+
+    positives = tf.range(local_size) + offset  # (N,) index of each query's own sample
+    labels = tf.one_hot(positives, 2 * global_size, dtype=tf.float32)  # (N, 2 N_global)
+    is_self = tf.cast(tf.one_hot(positives, global_size), tf.bool)  # (N, N_global)
+
+    def similarities(queries, keys):
+        return tf.matmul(queries, keys, transpose_b=True) / temperature  # (N, N_global)
+
+    # A query is excluded from its own softmax: the self-similarity sits in the second half.
+    exclude = tf.concat([tf.zeros_like(is_self), is_self], axis=1)  # (N, 2 N_global)
+    logits_a = tf.concat([similarities(z_1, z_2_all), similarities(z_1, z_1_all)], axis=1)
+    logits_b = tf.concat([similarities(z_2, z_1_all), similarities(z_2, z_2_all)], axis=1)
+    loss_a = _cross_entropy(logits_a, labels, exclude)  # (N,)
+    loss_b = _cross_entropy(logits_b, labels, exclude)  # (N,)
+    # A replica may hold no samples in an uneven final evaluation batch: its loss is then 0,
+    # not NaN.
+    loss = tf.math.divide_no_nan(tf.reduce_sum(loss_a + loss_b), tf.cast(local_size, tf.float32))
+    logits_ab = tf.where(exclude, tf.constant(_MASK_VALUE, tf.float32), logits_a)  # (N, 2 N_global)
+    return loss, logits_ab, labels
+
+
+def _cross_entropy(logits, labels, exclude):
+    """Softmax cross entropy of each row, over the entries that `exclude` does not mark.
+
+    Args:
+        logits: float32 tensor of shape `(N, K)`.
+        labels: float32 one-hot tensor of shape `(N, K)`; the positive is never excluded.
+        exclude: bool tensor of shape `(N, K)`, entries left out of the softmax normaliser.
+
+    Returns:
+        float32 tensor of shape `(N,)`: `logsumexp(kept logits) - positive logit`.
+    """
+    positive = tf.reduce_sum(labels * logits, axis=1)  # (N,)
+    # -inf drops an entry exactly at any logit scale. reduce_logsumexp subtracts the row maximum,
+    # which is finite because the positive is always kept, so it is stable at small temperatures
+    # and large norms; exp(-inf) = 0 contributes nothing, and the gradient of tf.where sends
+    # nothing to the excluded entries, so no NaN appears in the forward or backward pass.
+    kept = tf.where(exclude, tf.constant(-float("inf"), tf.float32), logits)  # (N, K)
+    return tf.reduce_logsumexp(kept, axis=1) - positive
+
+
+def _check_shapes(shape_1, shape_2):
+    if shape_1.rank is not None and shape_1.rank != 2:
+        raise ValueError(
+            f"`z_1` must have shape (batch_size, dim). Received: z_1.shape={shape_1}. Flatten or "
+            "pool the projections to rank 2 first."
+        )
+    if shape_2.rank is not None and shape_2.rank != 2:
+        raise ValueError(
+            f"`z_2` must have shape (batch_size, dim). Received: z_2.shape={shape_2}. Flatten or "
+            "pool the projections to rank 2 first."
+        )
+    if not shape_1.is_compatible_with(shape_2):
+        raise ValueError(
+            "`z_1` and `z_2` must have the same shape (one row per sample for each view). "
+            f"Received: z_1.shape={shape_1}, z_2.shape={shape_2}."
+        )

@@ -1,0 +1,221 @@
+"""NT-Xent against a NumPy transcription of SimCLR's Algorithm 1, analytic cases and invariants."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf.losses import nt_xent
+
+
+def reference_nt_xent(z_1, z_2, temperature, normalize):
+    """SimCLR's loss, written straight from Algorithm 1 of the paper, in float64.
+
+    The 2N samples are interleaved as in the paper: sample 2k-1 is the first view of example k and
+    sample 2k its second view (0-based here: 2k and 2k+1). The paper averages l(2k-1, 2k) +
+    l(2k, 2k-1) over 2N; the original code (and `nt_xent`) reports twice that.
+    """
+    z_1 = np.asarray(z_1, np.float64)
+    z_2 = np.asarray(z_2, np.float64)
+    n = len(z_1)
+    z = np.empty((2 * n, z_1.shape[1]))
+    z[0::2], z[1::2] = z_1, z_2
+    if normalize:
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    s = z @ z.T  # s[i, j] = sim(z_i, z_j)
+
+    def pair_loss(i, j):  # l(i, j) of the paper
+        others = [s[i, k] / temperature for k in range(2 * n) if k != i]
+        # l(i, j) = -log(exp(s_ij / t) / sum_{k != i} exp(s_ik / t)), with the log taken term by
+        # term and every exponent shifted by the same m, so that large logits neither overflow
+        # exp() nor underflow the ratio to log(0).
+        m = max(others)
+        return -(s[i, j] / temperature - m - math.log(sum(math.exp(o - m) for o in others)))
+
+    paper_loss = sum(pair_loss(2 * k, 2 * k + 1) + pair_loss(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
+    return 2.0 * paper_loss
+
+
+def _pair(n, d, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    # With scale 1 the rows have norm ~1, so the logits of normalize=False stay within ~1/t.
+    z_1 = rng.normal(size=(n, d)) * scale / math.sqrt(d)
+    z_2 = rng.normal(size=(n, d)) * scale / math.sqrt(d)
+    return z_1.astype(np.float32), z_2.astype(np.float32)
+
+
+GRID = list(itertools.product([1, 2, 8, 32], [2, 16, 128], [0.05, 0.1, 0.5, 1.0], [True, False]))
+
+
+@pytest.mark.parametrize("n, d, temperature, normalize", GRID)
+def test_matches_algorithm_1(n, d, temperature, normalize):
+    z_1, z_2 = _pair(n, d, seed=n * 1000 + d)
+    loss, logits_ab, labels = nt_xent(z_1, z_2, temperature=temperature, normalize=normalize)
+    expected = reference_nt_xent(z_1, z_2, temperature, normalize)
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=2e-5, atol=2e-5)
+    assert logits_ab.shape == (n, 2 * n)
+    assert labels.shape == (n, 2 * n)
+    np.testing.assert_array_equal(np.argmax(labels.numpy(), axis=1), np.arange(n))
+    np.testing.assert_array_equal(labels.numpy().sum(axis=1), np.ones(n))
+
+
+def test_logits_are_the_view_1_similarities_with_self_masked():
+    n, d, temperature = 4, 8, 0.2
+    z_1, z_2 = _pair(n, d, seed=7)
+    _, logits_ab, _ = nt_xent(z_1, z_2, temperature=temperature, normalize=True)
+    a = z_1 / np.linalg.norm(z_1, axis=1, keepdims=True)
+    b = z_2 / np.linalg.norm(z_2, axis=1, keepdims=True)
+    logits = logits_ab.numpy()
+    np.testing.assert_allclose(logits[:, :n], a @ b.T / temperature, rtol=1e-5, atol=1e-5)
+    off_diagonal = ~np.eye(n, dtype=bool)
+    np.testing.assert_allclose(
+        logits[:, n:][off_diagonal], (a @ a.T / temperature)[off_diagonal], rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_array_equal(np.diag(logits[:, n:]), np.full(n, -1e9, np.float32))
+
+
+def test_perfectly_separated_views_give_full_contrastive_accuracy():
+    # Orthogonal examples, both views identical: each query's positive is its largest logit.
+    z = np.eye(6, dtype=np.float32)
+    _, logits_ab, labels = nt_xent(z, z, temperature=0.1)
+    np.testing.assert_array_equal(np.argmax(logits_ab, axis=1), np.argmax(labels, axis=1))
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 32])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_identical_embeddings_give_two_log_2n_minus_1(n, normalize):
+    # Every logit is the same, so every query gives its positive probability 1 / (2N - 1).
+    z = np.tile(np.array([[0.3, -0.4, 1.2]], np.float32), (n, 1))
+    loss, _, _ = nt_xent(z, z, temperature=0.1, normalize=normalize)
+    np.testing.assert_allclose(loss.numpy(), 2.0 * math.log(2 * n - 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_single_example_has_zero_loss_at_any_scale(normalize):
+    # With N = 1 the positive is the only candidate besides the query itself, so l = -log(1) = 0,
+    # even when the logits (here -2e9 without normalisation) dwarf any finite self-mask.
+    z_1 = np.array([[1e4, 0.0]], np.float32)
+    z_2 = np.array([[-1e4, 0.0]], np.float32)
+    loss, _, _ = nt_xent(z_1, z_2, temperature=0.05, normalize=normalize)
+    assert loss.numpy() == 0.0
+
+
+def test_symmetric_in_the_two_views():
+    z_1, z_2 = _pair(8, 16, seed=3)
+    loss_12, _, _ = nt_xent(z_1, z_2, temperature=0.1)
+    loss_21, _, _ = nt_xent(z_2, z_1, temperature=0.1)
+    np.testing.assert_allclose(loss_12.numpy(), loss_21.numpy(), rtol=1e-6)
+
+
+def test_invariant_to_the_order_of_examples():
+    z_1, z_2 = _pair(8, 16, seed=4)
+    order = np.random.default_rng(0).permutation(8)
+    loss, _, _ = nt_xent(z_1, z_2, temperature=0.5)
+    shuffled, _, _ = nt_xent(z_1[order], z_2[order], temperature=0.5)
+    np.testing.assert_allclose(loss.numpy(), shuffled.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_low_precision_inputs_give_a_float32_loss(dtype):
+    z_1, z_2 = _pair(8, 16, seed=5)
+    low_1, low_2 = tf.cast(z_1, dtype), tf.cast(z_2, dtype)
+    loss, logits_ab, labels = nt_xent(low_1, low_2, temperature=0.1)
+    assert loss.dtype == tf.float32 and logits_ab.dtype == tf.float32 and labels.dtype == tf.float32
+    # Computed in float32: exact up to float32 rounding on the rounded inputs ...
+    same_inputs, _, _ = nt_xent(tf.cast(low_1, tf.float32), tf.cast(low_2, tf.float32), temperature=0.1)
+    np.testing.assert_allclose(loss.numpy(), same_inputs.numpy(), rtol=1e-6)
+    # ... and close to the loss of the unrounded inputs.
+    full, _, _ = nt_xent(z_1, z_2, temperature=0.1)
+    np.testing.assert_allclose(loss.numpy(), full.numpy(), rtol=2e-2)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_stable_at_low_temperature_and_large_norms(normalize):
+    # Rows of norm ~1e4 at temperature 0.05: without normalisation the logits reach ~2e9.
+    z_1, z_2 = _pair(8, 4, seed=6, scale=1e4)
+    with tf.GradientTape() as tape:
+        t_1, t_2 = tf.constant(z_1), tf.constant(z_2)
+        tape.watch([t_1, t_2])
+        loss, logits_ab, _ = nt_xent(t_1, t_2, temperature=0.05, normalize=normalize)
+    gradients = tape.gradient(loss, [t_1, t_2])
+    assert np.isfinite(loss.numpy())
+    assert np.all(np.isfinite(logits_ab.numpy()))
+    assert all(np.all(np.isfinite(g.numpy())) for g in gradients)
+    np.testing.assert_allclose(
+        loss.numpy(), reference_nt_xent(z_1, z_2, 0.05, normalize), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_all_zero_projection_does_not_give_nan():
+    z_1 = np.zeros((4, 8), np.float32)
+    z_2 = np.ones((4, 8), np.float32)
+    with tf.GradientTape() as tape:
+        t_1 = tf.constant(z_1)
+        tape.watch(t_1)
+        loss, _, _ = nt_xent(t_1, z_2, temperature=0.1)
+    assert np.isfinite(loss.numpy())
+    assert np.all(np.isfinite(tape.gradient(loss, t_1).numpy()))
+
+
+def _finite_difference_gradient(f, x, eps=1e-6):
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += eps
+        minus[index] -= eps
+        grad[index] = (f(plus) - f(minus)) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize(
+    "n, d, temperature, normalize",
+    [(2, 3, 0.5, True), (3, 4, 0.1, True), (3, 4, 0.2, False), (1, 2, 0.1, True)],
+)
+def test_gradients_match_finite_differences_of_the_reference(n, d, temperature, normalize):
+    z_1, z_2 = _pair(n, d, seed=10 + n)
+    t_1, t_2 = tf.constant(z_1), tf.constant(z_2)
+    with tf.GradientTape() as tape:
+        tape.watch([t_1, t_2])
+        loss, _, _ = nt_xent(t_1, t_2, temperature=temperature, normalize=normalize)
+    grad_1, grad_2 = (g.numpy() for g in tape.gradient(loss, [t_1, t_2]))
+
+    x_1, x_2 = z_1.astype(np.float64), z_2.astype(np.float64)
+    expected_1 = _finite_difference_gradient(
+        lambda v: reference_nt_xent(v, x_2, temperature, normalize), x_1)
+    expected_2 = _finite_difference_gradient(
+        lambda v: reference_nt_xent(x_1, v, temperature, normalize), x_2)
+    np.testing.assert_allclose(grad_1, expected_1, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(grad_2, expected_2, rtol=1e-3, atol=1e-4)
+
+
+def test_same_result_in_a_tf_function_with_unknown_batch_size():
+    z_1, z_2 = _pair(8, 16, seed=8)
+    spec = tf.TensorSpec([None, 16], tf.float32)
+    traced = tf.function(lambda a, b: nt_xent(a, b, temperature=0.1)[0], input_signature=[spec, spec])
+    np.testing.assert_allclose(
+        traced(z_1, z_2).numpy(), reference_nt_xent(z_1, z_2, 0.1, True), rtol=2e-5, atol=2e-5
+    )
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -1])
+def test_non_positive_temperature_is_rejected(temperature):
+    z = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"`temperature` must be a positive number.*Received: temperature="):
+        nt_xent(z, z, temperature=temperature)
+
+
+def test_mismatched_shapes_are_rejected():
+    with pytest.raises(ValueError, match=r"`z_1` and `z_2` must have the same shape.*\(2, 3\).*\(3, 3\)"):
+        nt_xent(np.ones((2, 3), np.float32), np.ones((3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"`z_1` and `z_2` must have the same shape"):
+        nt_xent(np.ones((2, 3), np.float32), np.ones((2, 4), np.float32))
+
+
+def test_inputs_of_rank_other_than_two_are_rejected():
+    with pytest.raises(ValueError, match=r"`z_1` must have shape \(batch_size, dim\)"):
+        nt_xent(np.ones((2, 3, 1), np.float32), np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"`z_2` must have shape \(batch_size, dim\)"):
+        nt_xent(np.ones((2, 3), np.float32), np.ones((2,), np.float32))
