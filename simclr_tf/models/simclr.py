@@ -1,0 +1,295 @@
+"""SimCLRModel: the encoder, its heads, and the custom train/test steps that tie them together."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from simclr_tf.losses import nt_xent
+from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.resnet import build_resnet, freeze_up_to_block, resnet_output_dim
+from simclr_tf.optimizers import weight_decay_loss
+
+TRAIN_MODES = ("pretrain", "finetune")
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class SimCLRModel(keras.Model):
+    """SimCLR: a ResNet encoder, a projection head, and an optional supervised head.
+
+    In `pretrain` mode a training batch is `((view_1, view_2), labels)`. Both views go through the
+    encoder in ONE pass (concatenated on the batch axis, so batch norm sees both views, as the
+    paper does), then through the projection head into NT-Xent. With `lineareval_while_pretraining`
+    and labels, a linear head learns on `stop_gradient` features at the same time (the original's
+    online linear evaluation); examples labelled -1 (unlabelled) are left out of that loss.
+
+    In `finetune` mode a batch is `(images, labels)`: the supervised head sits on hidden layer
+    `ft_proj_selector` of the projection head (0 = the encoder output) and
+    `fine_tune_after_block` freezes the encoder up to a block group; 4 is linear evaluation, where
+    only the supervised head trains and every frozen batch norm runs in inference mode.
+
+    Weight decay follows the optimizer (see `simclr_tf.optimizers.weight_decay_loss`): inside LARS
+    for everything but the supervised head, an L2 term in the loss otherwise.
+
+    Under a `tf.distribute` strategy, Keras sums gradients over replicas, so the loss each replica
+    differentiates is divided by the number of replicas: N replicas of batch B then train exactly
+    like one device with batch N*B (NT-Xent gathers its negatives across replicas).
+
+    Calling the model on images returns a dict of named features: the encoder's outputs
+    (`initial_conv` ... `final_avg_pool`), `proj_head_input`, `proj_head_output` and, with a
+    supervised head, `logits_sup`.
+
+    Args:
+        resnet_depth, width_multiplier, cifar_stem, sk_ratio, se_ratio, batch_norm_decay,
+            global_bn: the encoder (see `build_resnet`).
+        proj_head_mode, proj_out_dim, num_proj_layers: the projection head.
+        ft_proj_selector: int. Projection-head layer that the supervised head reads in fine-tuning.
+        num_classes: int. Classes of the supervised head; 0 for none.
+        zero_init_logits_layer: bool. Zero-initialise the supervised head.
+        train_mode: str. `pretrain` or `finetune`.
+        lineareval_while_pretraining: bool. Train the supervised head while pretraining.
+        fine_tune_after_block: int. -1 trains everything; k freezes the stem and groups 1..k.
+        temperature: float. NT-Xent temperature.
+        hidden_norm: bool. L2-normalise projections in NT-Xent.
+        optimizer_name: str. `lars`, `momentum` or `adam`; decides where weight decay goes.
+        weight_decay: float. L2 weight decay.
+    """
+
+    def __init__(
+        self,
+        resnet_depth=50,
+        width_multiplier=1,
+        cifar_stem=False,
+        sk_ratio=0.0,
+        se_ratio=0.0,
+        batch_norm_decay=0.9,
+        global_bn=False,
+        proj_head_mode="nonlinear",
+        proj_out_dim=128,
+        num_proj_layers=3,
+        ft_proj_selector=0,
+        num_classes=0,
+        zero_init_logits_layer=False,
+        train_mode="pretrain",
+        lineareval_while_pretraining=True,
+        fine_tune_after_block=-1,
+        temperature=0.1,
+        hidden_norm=True,
+        optimizer_name="lars",
+        weight_decay=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. Received: {train_mode!r}.")
+        if train_mode == "finetune" and not num_classes:
+            raise ValueError(
+                "`train_mode='finetune'` needs labelled data: `num_classes` must be positive. "
+                f"Received: {num_classes!r}."
+            )
+        self.resnet_depth = resnet_depth
+        self.width_multiplier = width_multiplier
+        self.cifar_stem = cifar_stem
+        self.sk_ratio = sk_ratio
+        self.se_ratio = se_ratio
+        self.batch_norm_decay = batch_norm_decay
+        self.global_bn = global_bn
+        self.proj_head_mode = proj_head_mode
+        self.proj_out_dim = proj_out_dim
+        self.num_proj_layers = num_proj_layers
+        self.ft_proj_selector = ft_proj_selector
+        self.num_classes = num_classes
+        self.zero_init_logits_layer = zero_init_logits_layer
+        self.train_mode = train_mode
+        self.lineareval_while_pretraining = lineareval_while_pretraining
+        self.fine_tune_after_block = fine_tune_after_block
+        self.temperature = temperature
+        self.hidden_norm = hidden_norm
+        self.optimizer_name = optimizer_name
+        self.weight_decay = weight_decay
+
+        self.encoder = build_resnet(
+            resnet_depth,
+            width_multiplier,
+            cifar_stem=cifar_stem,
+            sk_ratio=sk_ratio,
+            se_ratio=se_ratio,
+            batch_norm_decay=batch_norm_decay,
+            global_bn=global_bn,
+            name="resnet",
+        )
+        self.projection_head = ProjectionHead(
+            proj_head_mode=proj_head_mode,
+            proj_out_dim=proj_out_dim,
+            num_proj_layers=num_proj_layers,
+            batch_norm_decay=batch_norm_decay,
+            global_bn=global_bn,
+            name="projection_head",
+        )
+        self.supervised_head = (
+            SupervisedHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
+            if num_classes
+            else None
+        )
+        if train_mode == "finetune":
+            freeze_up_to_block(self.encoder, fine_tune_after_block)
+            if fine_tune_after_block >= 4:
+                # Linear evaluation: the projection layers below the selector are frozen too. The
+                # head makes its layers when built, so build it first: freezing then reaches them,
+                # and frozen batch norm runs in inference mode.
+                self.projection_head.build((None, resnet_output_dim(resnet_depth, width_multiplier)))
+                self.projection_head.trainable = False
+
+        self.contrastive_loss_tracker = keras.metrics.Mean(name="contrastive_loss")
+        self.contrastive_accuracy = keras.metrics.Mean(name="contrastive_acc")
+        self.contrastive_entropy = keras.metrics.Mean(name="contrastive_entropy")
+        self.supervised_loss_tracker = keras.metrics.Mean(name="supervised_loss")
+        self.supervised_top1 = keras.metrics.SparseCategoricalAccuracy(name="top1")
+        self.supervised_top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
+        self.weight_decay_tracker = keras.metrics.Mean(name="weight_decay")
+        self.learning_rate_tracker = keras.metrics.Mean(name="learning_rate")
+        self.total_loss_tracker = keras.metrics.Mean(name="loss")
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def call(self, images, training=False):
+        features = dict(self.encoder(images, training=training))
+        h = features["final_avg_pool"]
+        projection, hiddens = self.projection_head(h, training=training)
+        features["proj_head_input"] = h
+        features["proj_head_output"] = projection
+        if self.supervised_head is not None:
+            if self.train_mode == "finetune":
+                head_input = hiddens[self.ft_proj_selector]
+            else:
+                head_input = tf.stop_gradient(h)
+            features["logits_sup"] = self.supervised_head(head_input, training=training)
+        return features
+
+    def _supervised_head_input(self, h, hiddens):
+        return hiddens[self.ft_proj_selector] if self.train_mode == "finetune" else tf.stop_gradient(h)
+
+    @property
+    def metrics(self):
+        listed = [self.total_loss_tracker, self.weight_decay_tracker, self.learning_rate_tracker]
+        if self.train_mode == "pretrain":
+            listed = [
+                self.contrastive_loss_tracker,
+                self.contrastive_accuracy,
+                self.contrastive_entropy,
+                *listed,
+            ]
+        if self.supervised_head is not None:
+            listed += [self.supervised_loss_tracker, self.supervised_top1, self.supervised_top5]
+        return listed
+
+    # --- losses -------------------------------------------------------------------------------
+
+    def _supervised_loss(self, labels, logits):
+        """Mean cross-entropy over labelled examples (label >= 0); updates top-1/top-5."""
+        logits = tf.cast(logits, tf.float32)
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        labelled = labels >= 0
+        safe_labels = tf.where(labelled, labels, tf.zeros_like(labels))
+        weights = tf.cast(labelled, tf.float32)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+        count = tf.reduce_sum(weights)
+        loss = tf.math.divide_no_nan(tf.reduce_sum(per_example * weights), count)
+        self.supervised_top1.update_state(safe_labels, logits, sample_weight=weights)
+        self.supervised_top5.update_state(safe_labels, logits, sample_weight=weights)
+        self.supervised_loss_tracker.update_state(loss, sample_weight=count)
+        return loss
+
+    def _forward_losses(self, data, training):
+        """The total loss of one batch and its parts; updates the metrics."""
+        x, labels = data
+        total = tf.constant(0.0, tf.float32)
+        if self.train_mode == "pretrain":
+            view_1, view_2 = x
+            batch_size = tf.shape(view_1)[0]
+            images = tf.concat([view_1, view_2], axis=0)  # (2N, H, W, 3): BN sees both views
+            h = self.encoder(images, training=training)["final_avg_pool"]
+            z, _ = self.projection_head(h, training=training)
+            z_1, z_2 = z[:batch_size], z[batch_size:]
+            loss, logits_ab, labels_ab = nt_xent(
+                z_1, z_2, temperature=self.temperature, normalize=self.hidden_norm
+            )
+            self.contrastive_loss_tracker.update_state(loss)
+            hit = tf.equal(tf.argmax(logits_ab, axis=1), tf.argmax(labels_ab, axis=1))
+            self.contrastive_accuracy.update_state(tf.cast(hit, tf.float32))
+            probabilities = tf.nn.softmax(logits_ab, axis=-1)
+            entropy = -tf.reduce_sum(probabilities * tf.math.log(probabilities + 1e-8), axis=-1)
+            self.contrastive_entropy.update_state(entropy)
+            total += loss
+            if self.supervised_head is not None and self.lineareval_while_pretraining:
+                logits = self.supervised_head(tf.stop_gradient(h), training=training)
+                total += self._supervised_loss(tf.concat([labels, labels], axis=0), logits)
+        else:
+            h = self.encoder(x, training=training)["final_avg_pool"]
+            head_input = h
+            if self.ft_proj_selector > 0:  # fine-tune from inside the projection head (SimCLRv2)
+                _, hiddens = self.projection_head(h, training=training)
+                head_input = hiddens[self.ft_proj_selector]
+            logits = self.supervised_head(head_input, training=training)
+            total += self._supervised_loss(labels, logits)
+        return total
+
+    def _weight_decay(self):
+        decay = weight_decay_loss(
+            self.trainable_variables,
+            optimizer_name=self.optimizer_name,
+            weight_decay=self.weight_decay,
+        )
+        self.weight_decay_tracker.update_state(decay)
+        return decay
+
+    # --- steps --------------------------------------------------------------------------------
+
+    def train_step(self, data):
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self._forward_losses(data, training=True) + self._weight_decay()
+            self.total_loss_tracker.update_state(loss)
+            # Keras sums gradients over replicas: divide so that N replicas of batch B equal one
+            # device with batch N*B.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / tf.cast(replicas, loss.dtype)
+            scaled = self.optimizer.scale_loss(scaled)  # loss scaling under mixed_float16
+        gradients = tape.gradient(scaled, variables)
+        # Variables that do not reach the loss (projection layers above the fine-tuning selector,
+        # the supervised head without labels) have no gradient; leave them out.
+        pairs = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
+        self.learning_rate_tracker.update_state(self.optimizer.learning_rate)  # this step's rate
+        self.optimizer.apply_gradients(pairs)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, labels = data
+        if self.supervised_head is None:
+            raise ValueError("Evaluation needs a supervised head: the model has `num_classes=0`.")
+        h = self.encoder(x, training=False)["final_avg_pool"]
+        _, hiddens = self.projection_head(h, training=False)
+        logits = self.supervised_head(self._supervised_head_input(h, hiddens), training=False)
+        loss = self._supervised_loss(labels, logits)
+        self.total_loss_tracker.update_state(loss)
+        return {
+            m.name: m.result()
+            for m in (self.total_loss_tracker, self.supervised_loss_tracker, self.supervised_top1,
+                      self.supervised_top5)
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                name: getattr(self, name)
+                for name in (
+                    "resnet_depth", "width_multiplier", "cifar_stem", "sk_ratio", "se_ratio",
+                    "batch_norm_decay", "global_bn", "proj_head_mode", "proj_out_dim",
+                    "num_proj_layers", "ft_proj_selector", "num_classes", "zero_init_logits_layer",
+                    "train_mode", "lineareval_while_pretraining", "fine_tune_after_block",
+                    "temperature", "hidden_norm", "optimizer_name", "weight_decay",
+                )
+            }
+        )
+        return config
