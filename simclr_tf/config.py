@@ -281,6 +281,10 @@ class TrainConfig:
         precision: `float32`, `mixed_bfloat16` or `mixed_float16`.
         steps_per_execution: train steps run per call into TensorFlow.
         knn_every_epochs: run the kNN monitor every this many epochs (0 disables).
+        linear_eval_epochs: after pretraining, train a linear head on the frozen encoder for
+            this many epochs (the paper's linear evaluation; 0 disables).
+        linear_eval_learning_rate: base learning rate of that linear evaluation (Nesterov
+            momentum, linear scaling, no weight decay).
     """
 
     mode: str = "train_then_eval"
@@ -303,6 +307,8 @@ class TrainConfig:
     precision: str = "float32"
     steps_per_execution: int = 1
     knn_every_epochs: int = 0
+    linear_eval_epochs: int = 0
+    linear_eval_learning_rate: float = 0.1
 
     def validate(self) -> None:
         _one_of("mode", self.mode, ("train", "eval", "train_then_eval"))
@@ -318,7 +324,7 @@ class TrainConfig:
                 f"`{name}` must be a positive integer. Received: {value!r}.",
             )
         for name in ("train_epochs", "train_steps", "eval_steps", "checkpoint_epochs",
-                     "checkpoint_steps", "keep_hub_module_max", "knn_every_epochs"):
+                     "checkpoint_steps", "keep_hub_module_max", "knn_every_epochs", "linear_eval_epochs"):
             value = getattr(self, name)
             _check(
                 isinstance(value, int) and value >= 0,
@@ -329,6 +335,11 @@ class TrainConfig:
             "Training needs `train_epochs > 0` or `train_steps > 0`.",
         )
         _check(bool(self.model_dir), "`model_dir` must be a directory path.")
+        _check(
+            self.linear_eval_learning_rate > 0,
+            "`linear_eval_learning_rate` must be positive. Received: "
+            f"{self.linear_eval_learning_rate!r}.",
+        )
         _one_of("precision", self.precision, ("float32", "mixed_bfloat16", "mixed_float16"))
 
 
@@ -455,6 +466,13 @@ def save_config(config: Config, directory: str, filename: str = "config.json") -
     return path
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, filename: str = "config.json") -> Config:
+    """Reads a config written by `save_config`, from its file or from the run's directory."""
+    if os.path.isdir(path):
+        path = os.path.join(path, filename)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"No config at {path!r}. Pass the model_dir of a simclr_tf run (it holds {filename})."
+        )
     with open(path, encoding="utf-8") as f:
         return Config.from_dict(json.load(f))

@@ -1,0 +1,152 @@
+"""Checkpoints: `ckpt-<step>` files in model_dir, written by the chief, resumed from on rerun.
+
+TensorFlow writes a checkpoint's data and index files first and only then rewrites the small
+`checkpoint` state file (itself replaced atomically), so a process killed mid-save leaves the
+previous checkpoint as the latest one: a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+CHECKPOINT_NAME = "ckpt"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model (another architecture, or not a SimCLR checkpoint)."""
+
+
+class CheckpointSaver:
+    """Saves and restores model + optimizer state as `model_dir/ckpt-<global step>`.
+
+    Args:
+        model: the SimCLRModel (built).
+        optimizer: its optimizer (built), or None to handle the model alone.
+        directory: str. The model_dir.
+        max_to_keep: int. Checkpoints kept.
+        chief: bool. Only the chief writes into `directory`; other workers write to a scratch
+            directory that is deleted (multi-worker saving needs every worker to take part).
+    """
+
+    def __init__(self, model, optimizer, directory, *, max_to_keep=5, chief=True):
+        self.model = model
+        self.optimizer = optimizer
+        self.directory = directory
+        self.chief = chief
+        objects = {"model": model}
+        if optimizer is not None:
+            objects["optimizer"] = optimizer
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        target = directory if chief else os.path.join(directory, ".worker_scratch", str(os.getpid()))
+        self._scratch = None if chief else target
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, target, max_to_keep=max_to_keep, checkpoint_name=CHECKPOINT_NAME
+        )
+
+    @property
+    def latest(self):
+        return tf.train.latest_checkpoint(self.directory)
+
+    def save(self, step: int) -> str | None:
+        """Writes `ckpt-<step>`, unless the weights are not finite (then the last good one stays)."""
+        if not all(np.isfinite(v.numpy()).all() for v in self.model.weights):
+            raise FloatingPointError(
+                f"Not saving step {step}: the model's weights contain NaN or Inf. The last good "
+                f"checkpoint {self.latest} is kept. Lower the learning rate or raise the temperature."
+            )
+        path = self.manager.save(checkpoint_number=step)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            return None
+        return path
+
+    def restore_latest(self, *, model_only: bool = False) -> int:
+        """Restores the newest checkpoint in the directory; returns its step (0 if none)."""
+        latest = self.latest
+        if latest is None:
+            return 0
+        if model_only or self.optimizer is None:
+            status = tf.train.Checkpoint(model=self.model).restore(latest).expect_partial()
+        else:
+            status = self.checkpoint.restore(latest)
+        _check_matched(status, latest)
+        step = step_of(latest)
+        if self.optimizer is not None and not model_only:
+            iterations = int(self.optimizer.iterations.numpy())
+            if iterations != step:  # a checkpoint saved under another step number
+                step = iterations
+        return step
+
+
+def step_of(path: str) -> int:
+    """The global step in a checkpoint prefix `.../ckpt-<step>` (0 if it has none)."""
+    try:
+        return int(path.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def _check_matched(status, path: str) -> None:
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise CheckpointMismatchError(
+            f"The checkpoint {path} does not fit this model: {str(error).splitlines()[0][:300]} "
+            "It was probably written by another architecture (resnet_depth, width_multiplier, "
+            "sk_ratio, proj_head_mode, num_proj_layers). Use the same model flags as the run that "
+            "wrote it, or another --model_dir."
+        ) from None
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(
+                f"No checkpoint found in the directory {path!r}: it should hold `ckpt-<step>.index` "
+                "files and a `checkpoint` file written by a simclr_tf run."
+            )
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(
+            f"Checkpoint {path!r} not found (no {path}.index). Pass a checkpoint prefix such as "
+            "model_dir/ckpt-1000, or a model_dir to take its latest checkpoint."
+        )
+    return path
+
+
+def restore_pretrained(model, path: str, *, train_mode: str) -> str:
+    """Initialises a model from a checkpoint of another run (e.g. pretraining, for fine-tuning).
+
+    The encoder and the projection head are taken from the checkpoint; the supervised head too
+    when evaluating (`train_mode="eval"`), while fine-tuning starts it fresh as the original does.
+    A checkpoint of another architecture is a `CheckpointMismatchError` naming the likely flags.
+    """
+    prefix = resolve_checkpoint(path)
+    parts = {"encoder": model.encoder, "projection_head": model.projection_head}
+    if train_mode == "eval" and model.supervised_head is not None:
+        parts["supervised_head"] = model.supervised_head
+    partial = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts))
+    try:
+        status = partial.restore(prefix).expect_partial()
+    except (ValueError, tf.errors.InvalidArgumentError) as error:
+        raise CheckpointMismatchError(
+            f"The checkpoint {prefix} does not fit this model ({str(error).splitlines()[0][:300]}). "
+            "It was probably written with other model flags (resnet_depth, width_multiplier, "
+            "sk_ratio, proj_head_mode, num_proj_layers)."
+        ) from None
+    _check_matched(status, prefix)
+    return prefix
+
+
+def checkpoint_num_classes(path: str) -> int:
+    """Classes of the supervised head stored in a checkpoint (0 if it has none)."""
+    for name, shape in tf.train.list_variables(resolve_checkpoint(path)):
+        if "supervised_head" in name and len(shape) == 2 and "OPTIMIZER_SLOT" not in name:
+            return int(shape[-1])
+    return 0

@@ -1,0 +1,218 @@
+"""Export of the trained encoder: a TF-Hub-style SavedModel and a Keras 3 `.keras` file.
+
+The SavedModel follows TF Hub's reusable SavedModel convention, so that it can be used for
+inference *and* fine-tuned by downstream code:
+
+- `module(images, training=False)`: float32 images in [0, 1] of any size, shape
+  `(batch_size, height, width, 3)`, to a dict of float32 features: `initial_conv`,
+  `initial_max_pool`, `block_group1` ... `block_group4`, `final_avg_pool` and, when exported with
+  the heads, `proj_head_input`, `proj_head_output` and `logits_sup` (with a supervised head).
+  `training=True` runs batch norm on the batch statistics and updates its moving averages, as
+  fine-tuning needs. The original SimCLR modules were called as `module(images, trainable=...)`;
+  that spelling works too (`trainable=True` means `training=True`).
+- `module.variables`, `module.trainable_variables` and `module.regularization_losses` (empty:
+  weight decay is the fine-tuner's choice), which `hub.KerasLayer(..., trainable=True)` uses.
+- The signature `serving_default` (inference) returning the same dict, for TF Serving.
+- The endpoints `call_inference` and `call_training` for Keras 3's
+  `keras.layers.TFSMLayer(path, call_endpoint="call_inference",
+  call_training_endpoint="call_training")`.
+
+Next to it, `encoder.keras` holds the encoder as a Keras 3 model that
+`keras.saving.load_model` reads back (safe mode on: it contains no Python code; import
+`simclr_tf` first when the encoder uses selective kernels or squeeze-excitation layers).
+
+Exports go to `<export_dir>/<global step>/`, written to a temporary directory first and renamed
+into place, so a reader never sees half an export; the newest `keep` exports are kept.
+
+Command line, from the latest (or a given) checkpoint of a run:
+
+    python -m simclr_tf.export --model_dir runs/digits_quickstart [--checkpoint PATH] [--no_heads]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+import tensorflow as tf
+
+KERAS_FILE = "encoder.keras"
+_IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+
+def _tf_variables(variables):
+    """The tf.Variables under Keras 3 variables (a SavedModel stores tf.Variables)."""
+    return [getattr(v, "value", v) for v in variables]
+
+
+def _dedupe(variables):
+    seen, unique = set(), []
+    for v in variables:
+        if id(v) not in seen:
+            seen.add(id(v))
+            unique.append(v)
+    return unique
+
+
+def build_export_module(model, *, include_heads=True):
+    """A trackable object with the reusable-SavedModel API around a SimCLR model's parts.
+
+    Args:
+        model: a `SimCLRModel` (or any object with `encoder`, `projection_head`,
+            `supervised_head`, `train_mode` and `ft_proj_selector`), built.
+        include_heads: bool. Also return the projection head's and the supervised head's
+            outputs. Defaults to `True`.
+
+    Returns:
+        A `tf.__internal__.tracking.AutoTrackable` ready for `tf.saved_model.save`.
+    """
+    encoder = model.encoder
+    projection_head = model.projection_head if include_heads else None
+    supervised_head = getattr(model, "supervised_head", None) if include_heads else None
+    finetuned = getattr(model, "train_mode", "pretrain") == "finetune"
+    selector = getattr(model, "ft_proj_selector", 0)
+
+    def features(images, training):
+        outputs = dict(encoder(images, training=training))
+        if projection_head is not None:
+            h = outputs["final_avg_pool"]
+            projection, hiddens = projection_head(h, training=training)
+            outputs["proj_head_input"] = h
+            outputs["proj_head_output"] = projection
+            if supervised_head is not None:
+                head_input = hiddens[selector] if finetuned else h
+                outputs["logits_sup"] = supervised_head(head_input, training=training)
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+
+    @tf.function
+    def call(images, training=False, trainable=None):
+        if trainable is not None:  # the original SimCLR modules' spelling
+            training = bool(trainable) or bool(training)
+        return features(images, training=bool(training))
+
+    # Trace every Python-argument combination a caller may use, so the loaded function
+    # dispatches to a saved graph whichever way it is called.
+    for training in (False, True):
+        call.get_concrete_function(_IMAGES_SPEC, training=training)
+    for trainable in (False, True):
+        call.get_concrete_function(_IMAGES_SPEC, trainable=trainable)
+        call.get_concrete_function(_IMAGES_SPEC, training=False, trainable=trainable)
+
+    call_inference = tf.function(lambda images: features(images, training=False),
+                                 input_signature=[_IMAGES_SPEC])
+    call_training = tf.function(lambda images: features(images, training=True),
+                                input_signature=[_IMAGES_SPEC])
+
+    parts = [encoder] + [p for p in (projection_head, supervised_head) if p is not None]
+    all_variables = _dedupe(v for part in parts for v in part.weights)
+    trainable = _dedupe(v for part in parts for v in part.trainable_weights)
+    trainable_ids = {id(v) for v in trainable}
+
+    module = tf.__internal__.tracking.AutoTrackable()
+    module.variables = _tf_variables(all_variables)
+    module.trainable_variables = _tf_variables(trainable)
+    module.non_trainable_variables = _tf_variables(v for v in all_variables if id(v) not in trainable_ids)
+    module.regularization_losses = []
+    module.__call__ = call
+    module.call_inference = call_inference
+    module.call_training = call_training
+    module.feature_names = tf.constant(sorted(features(tf.zeros([1, 32, 32, 3]), False)))
+    return module
+
+
+def export_model(model, export_dir, *, step, keep=5, image_size=None, include_heads=True):
+    """Writes `<export_dir>/<step>/` (SavedModel + `encoder.keras`) and prunes old exports.
+
+    Args:
+        model: the built `SimCLRModel` to export.
+        export_dir: str. Directory holding one sub-directory per exported step.
+        step: int. The global step, used as the sub-directory name.
+        keep: int. How many exports to keep (newest first); 0 or less keeps all. Defaults to `5`.
+        image_size: int or None. Recorded for users (the module takes any size).
+        include_heads: bool. Export the heads' outputs too. Defaults to `True`.
+
+    Returns:
+        dict with `saved_model` (the directory) and `keras_file` (the `.keras` path).
+    """
+    os.makedirs(export_dir, exist_ok=True)
+    final = os.path.join(export_dir, str(int(step)))
+    tmp = os.path.join(export_dir, f".tmp-{int(step)}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    module = build_export_module(model, include_heads=include_heads)
+    serving = module.call_inference.get_concrete_function()
+    tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
+    model.encoder.save(os.path.join(tmp, KERAS_FILE))
+    if image_size:
+        with open(os.path.join(tmp, "image_size.txt"), "w", encoding="utf-8") as f:
+            f.write(f"{int(image_size)}\n")
+
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _prune(export_dir, keep)
+    return {"saved_model": final, "keras_file": os.path.join(final, KERAS_FILE)}
+
+
+def _prune(export_dir, keep):
+    if keep <= 0:
+        return
+    steps = sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+    for old in steps[:-keep]:
+        shutil.rmtree(os.path.join(export_dir, str(old)), ignore_errors=True)
+
+
+def latest_export(export_dir):
+    """The newest `<export_dir>/<step>` directory, or None."""
+    if not os.path.isdir(export_dir):
+        return None
+    steps = sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+    return os.path.join(export_dir, str(steps[-1])) if steps else None
+
+
+def main(argv=None) -> int:
+    """`python -m simclr_tf.export`: export a run's checkpoint."""
+    parser = argparse.ArgumentParser(
+        prog="python -m simclr_tf.export",
+        description="Export the encoder of a simclr_tf run as a TF-Hub-style SavedModel and a .keras file.",
+    )
+    parser.add_argument("--model_dir", required=True, help="The run's directory (holds config.json).")
+    parser.add_argument("--checkpoint", default=None,
+                        help="Checkpoint prefix or directory (default: the run's latest checkpoint).")
+    parser.add_argument("--export_dir", default=None, help="Default: <model_dir>/saved_model.")
+    parser.add_argument("--keep", type=int, default=5, help="Exports kept (default 5; 0 keeps all).")
+    parser.add_argument("--no_heads", action="store_true", help="Export the encoder features only.")
+    args = parser.parse_args(argv)
+
+    # Imported here: the wiring imports this module for its automatic export.
+    from simclr_tf import checkpoints
+    from simclr_tf.config import ConfigError, load_config
+    from simclr_tf.train import build_model
+
+    try:
+        config = load_config(args.model_dir).resolved()
+        prefix = checkpoints.resolve_checkpoint(args.checkpoint or args.model_dir)
+        num_classes = checkpoints.checkpoint_num_classes(prefix)
+        model = build_model(config, num_classes)
+        model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+    except (FileNotFoundError, ConfigError, ValueError, AssertionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    step = checkpoints.step_of(prefix)
+    written = export_model(
+        model,
+        args.export_dir or os.path.join(args.model_dir, "saved_model"),
+        step=step,
+        keep=args.keep,
+        image_size=config.image_size,
+        include_heads=not args.no_heads,
+    )
+    print(f"Exported step {step}: SavedModel {written['saved_model']}, Keras file {written['keras_file']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The exported encoder works for the consumers downstream users have: tf.saved_model.load,
+Keras 3's TFSMLayer, TF Hub's KerasLayer (tf-keras) and a Keras 3 `.keras` file."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import export
+from simclr_tf.models.resnet import FEATURE_NAMES
+from simclr_tf.models.simclr import SimCLRModel
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(7)
+    model = SimCLRModel(resnet_depth=18, cifar_stem=True, num_proj_layers=2, num_classes=NUM_CLASSES)
+    model(tf.zeros([1, 16, 16, 3]))
+    # Non-trivial batch-norm statistics and gammas, so inference vs training mode differ.
+    for variable in model.weights:
+        if "moving_variance" in variable.path:
+            variable.assign(np.full(variable.shape, 1.5, np.float32))
+        elif "gamma" in variable.path:
+            variable.assign(np.full(variable.shape, 0.7, np.float32))
+    export_dir = str(tmp_path_factory.mktemp("export"))
+    written = export.export_model(model, export_dir, step=12, keep=2, image_size=16)
+    return model, export_dir, written
+
+
+def _sparse_ce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _images(shape, seed=0):
+    return tf.constant(np.random.default_rng(seed).uniform(size=shape).astype(np.float32))
+
+
+def test_export_layout(exported):
+    _, export_dir, written = exported
+    assert written["saved_model"] == os.path.join(export_dir, "12")
+    assert os.path.exists(os.path.join(written["saved_model"], "saved_model.pb"))
+    assert os.path.exists(written["keras_file"])
+    assert not [name for name in os.listdir(export_dir) if name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 3), (3, 24, 20, 3)])
+def test_saved_model_matches_in_memory_model(exported, shape):
+    model, _, written = exported
+    loaded = tf.saved_model.load(written["saved_model"])
+    images = _images(shape)
+    expected = model(images, training=False)
+    got = loaded(images, training=False)
+    assert set(got) == set(FEATURE_NAMES) | {"proj_head_input", "proj_head_output", "logits_sup"}
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name].numpy(), value.numpy(), atol=1e-5, rtol=1e-5, err_msg=name)
+    # The original SimCLR modules' spelling, and the serving signature.
+    legacy = loaded(images, trainable=False)
+    np.testing.assert_allclose(legacy["final_avg_pool"], expected["final_avg_pool"], atol=1e-5)
+    served = loaded.signatures["serving_default"](images=images)
+    np.testing.assert_allclose(served["block_group4"], expected["block_group4"], atol=1e-5)
+    # training=True uses batch statistics: a different result (proves the flag reaches batch norm).
+    trained = loaded(images, training=True)["final_avg_pool"].numpy()
+    assert not np.allclose(trained, expected["final_avg_pool"].numpy(), atol=1e-3)
+
+
+def test_saved_model_has_reusable_api(exported):
+    model, _, written = exported
+    loaded = tf.saved_model.load(written["saved_model"])
+    assert len(loaded.variables) == len(model.weights)
+    assert len(loaded.trainable_variables) == len(model.trainable_weights)
+    assert list(loaded.regularization_losses) == []
+    assert all(v.trainable for v in loaded.trainable_variables)
+
+
+def test_tfsm_layer_inference_and_fine_tuning(exported):
+    model, _, written = exported
+    layer = keras.layers.TFSMLayer(
+        written["saved_model"], call_endpoint="call_inference", call_training_endpoint="call_training"
+    )
+    images = _images((4, 16, 16, 3), seed=1)
+    np.testing.assert_allclose(
+        layer(images)["final_avg_pool"], model(images, training=False)["final_avg_pool"], atol=1e-5
+    )
+    inputs = keras.Input((16, 16, 3))
+    features = layer(inputs)["final_avg_pool"]
+    outputs = keras.layers.Dense(NUM_CLASSES)(features)
+    classifier = keras.Model(inputs, outputs)
+    classifier.compile(keras.optimizers.SGD(0.05), _sparse_ce())
+    labels = np.array([0, 1, 2, 1])
+    before = [w.numpy().copy() for w in layer.trainable_weights]
+    losses = [float(classifier.train_on_batch(images, labels)) for _ in range(4)]
+    after = [w.numpy() for w in layer.trainable_weights]
+    assert len(before) == len(model.trainable_weights)
+    assert any(not np.allclose(b, a) for b, a in zip(before, after, strict=True))
+    assert losses[-1] < losses[0]
+
+
+def test_hub_keras_layer_fine_tunes(exported):
+    hub = pytest.importorskip("tensorflow_hub")
+    tf_keras = pytest.importorskip("tf_keras")
+    _, _, written = exported
+    hub_layer = hub.KerasLayer(written["saved_model"], trainable=True, output_key="final_avg_pool")
+    classifier = tf_keras.Sequential(
+        [tf_keras.Input((16, 16, 3)), hub_layer, tf_keras.layers.Dense(NUM_CLASSES)]
+    )
+    classifier.compile(tf_keras.optimizers.SGD(0.05),
+                       tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = _images((4, 16, 16, 3), seed=2)
+    labels = np.array([2, 0, 1, 0])
+    encoder_weights = [v for v in hub_layer.trainable_weights if "kernel" in v.name and v.shape.rank == 4]
+    assert encoder_weights, "the hub layer exposes no trainable encoder kernels"
+    before = [v.numpy().copy() for v in encoder_weights]
+    losses = [float(classifier.train_on_batch(images, labels)) for _ in range(4)]
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, encoder_weights, strict=True))
+    assert losses[-1] < losses[0]
+
+
+def test_keras_file_loads_and_fine_tunes(exported):
+    model, _, written = exported
+    encoder = keras.saving.load_model(written["keras_file"])  # safe mode stays on
+    images = _images((4, 16, 16, 3), seed=3)
+    expected = model.encoder(images, training=False)
+    got = encoder(images, training=False)
+    for name in FEATURE_NAMES:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, err_msg=name)
+    inputs = keras.Input((16, 16, 3))
+    classifier = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(encoder(inputs)["final_avg_pool"]))
+    classifier.compile(keras.optimizers.SGD(0.05), _sparse_ce())
+    labels = np.array([1, 2, 0, 0])
+    before = [w.numpy().copy() for w in encoder.trainable_weights]
+    history = classifier.fit(images, labels, epochs=4, batch_size=4, verbose=0)
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, encoder.trainable_weights, strict=True))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_export_keeps_newest(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = SimCLRModel(resnet_depth=18, cifar_stem=True, num_proj_layers=1, proj_out_dim=8)
+    model(tf.zeros([1, 8, 8, 3]))
+    for step in (1, 5, 3):
+        export.export_model(model, str(tmp_path), step=step, keep=2, include_heads=False)
+    assert sorted(os.listdir(tmp_path)) == ["3", "5"]
+    assert export.latest_export(str(tmp_path)) == os.path.join(str(tmp_path), "5")
+    loaded = tf.saved_model.load(os.path.join(str(tmp_path), "5"))
+    assert "proj_head_output" not in loaded(tf.zeros([1, 8, 8, 3]))
