@@ -460,3 +460,37 @@ def test_subset_of_a_folder_reads_only_the_selected_files(tmp_path):
     np.testing.assert_array_equal(labels, [0, 1])
     assert isinstance(picked.dataset.element_spec, tuple)
     assert picked.dataset.element_spec[0].dtype == tf.uint8
+
+
+def test_from_arrays_and_permuted_source():
+    images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    source = sources.from_arrays(images, np.array([0, 1, 2, 1, 0]))
+    assert (source.num_examples, source.num_classes, source.image_size) == (5, 3, 4)
+    unlabelled = sources.from_arrays(images)
+    assert unlabelled.num_classes == 0 and source_labels(unlabelled).tolist() == [-1] * 5
+
+    permuted = sources.permuted_source(source, seed=0)
+    got, labels = _materialise(permuted.dataset)
+    order = [int(im[0, 0, 0]) for im in got]
+    assert sorted(order) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(labels, source.labels[order])  # labels travel with their images
+    np.testing.assert_array_equal(permuted.labels, labels)
+
+    def order_of(seed):
+        permuted_images = _materialise(sources.permuted_source(source, seed=seed).dataset)[0]
+        return tuple(int(im[0, 0, 0]) for im in permuted_images)
+
+    assert list(order_of(0)) == order
+    orders = {order_of(s) for s in range(6)}
+    assert len(orders) > 1
+    # Subsets of a permuted source select by position in the new order.
+    picked, _ = _materialise(subset_source(permuted, [0, 1]).dataset)
+    assert [int(im[0, 0, 0]) for im in picked] == order[:2]
+    # Sources without random access are returned as they are.
+    stream = Source(dataset=source.dataset, num_examples=5, num_classes=3, image_size=4, name="s")
+    assert sources.permuted_source(stream, seed=1) is stream
+
+    with pytest.raises(ValueError, match=r"`images` must be a non-empty uint8 array.*float64"):
+        sources.from_arrays(images.astype(float))
+    with pytest.raises(ValueError, match=r"`labels` must be an integer array of shape \(5,\)"):
+        sources.from_arrays(images, np.zeros(4, int))

@@ -189,8 +189,46 @@ def _unknown_split(dataset: str, split: str, available: dict[str, int]) -> Split
     )
 
 
-def _array_source(images: np.ndarray, labels: np.ndarray, *, num_classes: int, name: str) -> Source:
-    """A source over in-memory arrays: images uint8 (N, H, W, 3), labels int32 (N,)."""
+def from_arrays(
+    images: np.ndarray, labels: np.ndarray | None = None, *, num_classes: int | None = None,
+    name: str = "arrays",
+) -> Source:
+    """A source over images already in memory (NumPy arrays), with random access.
+
+    Args:
+        images: uint8 array `(N, height, width, 3)`.
+        labels: int array `(N,)`, or None for unlabelled images (labels -1).
+        num_classes: int or None. Number of classes; `None` uses `max(labels) + 1` (0 if unlabelled).
+        name: str. Name of the source.
+
+    Returns:
+        The `Source`.
+
+    Raises:
+        ValueError: `images` is not uint8 `(N, H, W, 3)`, or `labels` does not match it.
+
+    Example:
+    >>> source = from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, 0, 1]))
+    >>> source.num_examples, source.num_classes
+    (4, 2)
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+        raise ValueError(
+            "`images` must be a non-empty uint8 array of shape (N, height, width, 3). "
+            f"Received dtype {images.dtype} and shape {images.shape}."
+        )
+    if labels is None:
+        labels = np.full(len(images), -1, np.int32)
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"`labels` must be an integer array of shape ({len(images)},), one per image. "
+            f"Received dtype {labels.dtype} and shape {labels.shape}."
+        )
+    labels = labels.astype(np.int32)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.min() >= 0 else 0
 
     def select(indices: np.ndarray) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices((images[indices], labels[indices]))
@@ -261,7 +299,7 @@ def load_digits(split: str) -> Source:
     indices = splits[split]
     images = upsample_digits(digits.images[indices])
     labels = digits.target[indices].astype(np.int32)
-    return _array_source(images, labels, num_classes=10, name=f"digits:{split}")
+    return from_arrays(images, labels, num_classes=10, name=f"digits:{split}")
 
 
 # --- synthetic -------------------------------------------------------------------------------------
@@ -363,7 +401,7 @@ def load_synthetic(split: str, *, num_examples: int = 1024, image_size: int = 32
     images, labels = make_synthetic_images(
         num_examples, image_size, seed=(seed & 0xFFFFFFFF, _SYNTHETIC_SPLITS.index(split))
     )
-    return _array_source(images, labels, num_classes=SYNTHETIC_NUM_CLASSES, name=f"synthetic:{split}")
+    return from_arrays(images, labels, num_classes=SYNTHETIC_NUM_CLASSES, name=f"synthetic:{split}")
 
 
 # --- image folders ---------------------------------------------------------------------------------
@@ -845,6 +883,32 @@ def label_subset(
     if not chosen:
         return np.zeros(0, np.int64)
     return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def permuted_source(source: Source, seed: int) -> Source:
+    """The same examples in a fixed pseudo-random order drawn from `seed`.
+
+    Sources with random access (digits, synthetic, folders) are reordered without reading anything;
+    an image folder is listed class by class, and a shuffle buffer smaller than the folder would
+    otherwise give batches of one or two classes. Other sources (TFDS, whose prepared files are
+    already shuffled) are returned unchanged.
+
+    Args:
+        source: the `Source`.
+        seed: int. Seed of the permutation.
+
+    Returns:
+        A `Source` with the same examples (and `labels`, if known) in the new order.
+    """
+    if source._select is None:
+        return source
+    order = np.random.default_rng([seed & 0xFFFFFFFF, 0x5EED]).permutation(source.num_examples)
+    return dataclasses.replace(
+        source,
+        dataset=source._select(order),
+        labels=source.labels[order] if source.labels is not None else None,
+        _select=lambda indices: source._select(order[indices]),
+    )
 
 
 def subset_source(source: Source, indices: Sequence[int] | np.ndarray) -> Source:
