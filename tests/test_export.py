@@ -147,3 +147,25 @@ def test_export_keeps_newest(tmp_path):
     assert export.latest_export(str(tmp_path)) == os.path.join(str(tmp_path), "5")
     loaded = tf.saved_model.load(os.path.join(str(tmp_path), "5"))
     assert "proj_head_output" not in loaded(tf.zeros([1, 8, 8, 3]))
+
+
+def test_downstream_example_fine_tunes_on_an_image_folder(exported, tmp_path):
+    """experiments/finetune_downstream.py, the README's example, runs as written."""
+    import importlib.util
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, level in (("bright", 200), ("dark", 40)):
+        os.makedirs(tmp_path / name)
+        for i in range(8):
+            pixels = np.clip(level + rng.normal(0, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "finetune_downstream.py")
+    spec = importlib.util.spec_from_file_location("finetune_downstream", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, _, written = exported
+    history = script.main(["--export", written["saved_model"], "--images", str(tmp_path), "--image_size",
+                           "16", "--epochs", "4", "--batch_size", "8", "--learning_rate", "0.05"])
+    assert history.history["loss"][-1] < history.history["loss"][0]
