@@ -1,0 +1,162 @@
+"""Evaluation protocols on frozen features: weighted kNN, and a linear probe.
+
+- Weighted kNN (Wu et al. 2018, instance discrimination; the usual monitor of self-supervised
+  training): cosine similarity between L2-normalised features, the `k` nearest training
+  examples vote for their class with weight `exp(similarity / temperature)`; k = 200 and
+  temperature 0.1 by default.
+- Linear probe: L2-regularised multinomial logistic regression on frozen features (scikit-learn),
+  a fast stand-in for the paper's linear evaluation when features fit in memory; the CLI's
+  `--train_mode=finetune --fine_tune_after_block=4` is the paper's protocol with augmentation.
+
+References:
+    - [Wu et al., 2018. Unsupervised Feature Learning via Non-Parametric Instance
+      Discrimination](https://arxiv.org/abs/1805.01978)
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def extract_features(encoder, dataset, *, feature="final_avg_pool"):
+    """Runs a frozen encoder over `(images, labels)` batches.
+
+    Args:
+        encoder: a callable returning a dict of features (the ResNet or an exported module).
+        dataset: iterable of `(images, labels)` batches, images float32 in [0, 1].
+        feature: str. Which output to take. Defaults to `"final_avg_pool"`.
+
+    Returns:
+        `(features, labels)`: float32 `(N, D)` and int64 `(N,)` NumPy arrays.
+    """
+    call = tf.function(lambda images: encoder(images, training=False)[feature])
+    features, labels = [], []
+    for images, batch_labels in dataset:
+        features.append(np.asarray(call(images), np.float32))
+        labels.append(np.asarray(batch_labels).reshape(-1))
+    if not features:
+        raise ValueError("`dataset` is empty: no features to extract.")
+    return np.concatenate(features), np.concatenate(labels).astype(np.int64)
+
+
+def knn_predict(train_features, train_labels, query_features, *, num_classes, k=200, temperature=0.1,
+                batch_size=1024):
+    """Weighted kNN class scores for each query.
+
+    Args:
+        train_features: float `(N, D)`. The memory bank.
+        train_labels: int `(N,)`, in `[0, num_classes)`.
+        query_features: float `(M, D)`.
+        num_classes: int. Number of classes.
+        k: int. Neighbours that vote (capped at N). Defaults to `200`.
+        temperature: float. Vote weight `exp(cos / temperature)`. Defaults to `0.1`.
+        batch_size: int. Queries per matrix product. Defaults to `1024`.
+
+    Returns:
+        float32 `(M, num_classes)` scores; the prediction is their argmax.
+
+    Raises:
+        ValueError: on empty inputs, mismatched sizes, or non-positive `k` / `temperature`.
+    """
+    train_features = np.asarray(train_features, np.float32)
+    query_features = np.asarray(query_features, np.float32)
+    train_labels = np.asarray(train_labels).astype(np.int64).reshape(-1)
+    if train_features.ndim != 2 or query_features.ndim != 2 or len(train_features) == 0:
+        raise ValueError(
+            "`train_features` and `query_features` must be non-empty (N, D) arrays. Received shapes "
+            f"{train_features.shape} and {query_features.shape}."
+        )
+    if len(train_labels) != len(train_features):
+        raise ValueError(
+            f"{len(train_features)} training features but {len(train_labels)} labels: one label per row."
+        )
+    if k <= 0 or temperature <= 0:
+        raise ValueError(
+            f"`k` and `temperature` must be positive. Received: k={k}, temperature={temperature}."
+        )
+    if train_labels.min() < 0 or train_labels.max() >= num_classes:
+        raise ValueError(
+            f"Labels must be in [0, {num_classes}) for kNN; unlabelled (-1) rows must be removed."
+        )
+    k = min(int(k), len(train_features))
+    bank = tf.math.l2_normalize(tf.constant(train_features), axis=1)  # (N, D)
+    bank_labels = tf.constant(train_labels)
+    scores = []
+    for start in range(0, len(query_features), batch_size):
+        queries = tf.math.l2_normalize(tf.constant(query_features[start:start + batch_size]), axis=1)
+        similarity = tf.matmul(queries, bank, transpose_b=True)  # (m, N)
+        top_similarity, top_index = tf.math.top_k(similarity, k=k)  # (m, k)
+        weights = tf.exp(top_similarity / temperature)  # (m, k)
+        votes = tf.one_hot(tf.gather(bank_labels, top_index), num_classes)  # (m, k, C)
+        scores.append(tf.reduce_sum(votes * weights[..., None], axis=1).numpy())
+    return np.concatenate(scores).astype(np.float32)
+
+
+def knn_accuracy(train_features, train_labels, query_features, query_labels, *, num_classes, k=200,
+                 temperature=0.1):
+    """Top-1 accuracy of the weighted kNN classifier."""
+    scores = knn_predict(train_features, train_labels, query_features, num_classes=num_classes, k=k,
+                         temperature=temperature)
+    return float(np.mean(np.argmax(scores, axis=1) == np.asarray(query_labels).reshape(-1)))
+
+
+def linear_probe_accuracy(train_features, train_labels, test_features, test_labels, *, C=1.0, seed=0):
+    """Top-1 accuracy of logistic regression on standardised frozen features (scikit-learn)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
+    classifier.fit(np.asarray(train_features), np.asarray(train_labels))
+    return float(classifier.score(np.asarray(test_features), np.asarray(test_labels)))
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Weighted-kNN top-1 of the encoder's features every `every_epochs` epochs.
+
+    Adds `knn_top1` to the epoch logs (so TensorBoard and the history show it) and writes it as a
+    summary when `log_dir` is given.
+
+    Args:
+        train_dataset: `(images, labels)` batches of labelled training images (eval preprocessing).
+        eval_dataset: `(images, labels)` batches of the evaluation split.
+        num_classes: int.
+        every_epochs: int. Period in epochs. Defaults to `1`.
+        k, temperature: kNN parameters. Default to `200` and `0.1`.
+        log_dir: str or None. TensorBoard directory.
+    """
+
+    def __init__(self, train_dataset, eval_dataset, *, num_classes, every_epochs=1, k=200,
+                 temperature=0.1, log_dir=None):
+        super().__init__()
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.num_classes = num_classes
+        self.every_epochs = max(1, int(every_epochs))
+        self.k = k
+        self.temperature = temperature
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self.history = []
+
+    def evaluate(self):
+        encoder = self.model.encoder
+        bank, bank_labels = extract_features(encoder, self.train_dataset)
+        queries, query_labels = extract_features(encoder, self.eval_dataset)
+        keep = bank_labels >= 0
+        return knn_accuracy(bank[keep], bank_labels[keep], queries, query_labels,
+                            num_classes=self.num_classes, k=self.k, temperature=self.temperature)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs:
+            return
+        accuracy = self.evaluate()
+        self.history.append((epoch + 1, accuracy))
+        if logs is not None:
+            logs["knn_top1"] = accuracy
+        if self.writer is not None:
+            with self.writer.as_default():
+                tf.summary.scalar("knn_top1", accuracy, step=int(self.model.optimizer.iterations.numpy()))
+            self.writer.flush()
+        print(f"epoch {epoch + 1}: kNN top-1 {accuracy:.2%}", flush=True)
