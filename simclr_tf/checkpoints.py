@@ -70,7 +70,9 @@ class CheckpointSaver:
         if latest is None:
             return 0
         if model_only or self.optimizer is None:
-            status = tf.train.Checkpoint(model=self.model).restore(latest).expect_partial()
+            # The layers only: a model compiled for evaluation tracks another optimizer.
+            status = _parts_checkpoint(self.model, with_supervised_head=True).restore(latest)
+            status = status.expect_partial()
         else:
             status = self.checkpoint.restore(latest)
         _check_matched(status, latest)
@@ -102,6 +104,14 @@ def _check_matched(status, path: str) -> None:
         ) from None
 
 
+def _parts_checkpoint(model, *, with_supervised_head):
+    """A checkpoint view of the model's layers (encoder, heads), without its optimizer."""
+    parts = {"encoder": model.encoder, "projection_head": model.projection_head}
+    if with_supervised_head and model.supervised_head is not None:
+        parts["supervised_head"] = model.supervised_head
+    return tf.train.Checkpoint(model=tf.train.Checkpoint(**parts))
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
     if os.path.isdir(path):
@@ -128,10 +138,7 @@ def restore_pretrained(model, path: str, *, train_mode: str) -> str:
     A checkpoint of another architecture is a `CheckpointMismatchError` naming the likely flags.
     """
     prefix = resolve_checkpoint(path)
-    parts = {"encoder": model.encoder, "projection_head": model.projection_head}
-    if train_mode == "eval" and model.supervised_head is not None:
-        parts["supervised_head"] = model.supervised_head
-    partial = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts))
+    partial = _parts_checkpoint(model, with_supervised_head=train_mode == "eval")
     try:
         status = partial.restore(prefix).expect_partial()
     except (ValueError, tf.errors.InvalidArgumentError) as error:

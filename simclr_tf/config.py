@@ -20,7 +20,7 @@ from typing import Any
 # Datasets we know without asking TFDS: name -> (native image size, number of classes).
 # Any other name is passed to TFDS as-is.
 KNOWN_DATASETS = {
-    "digits": (32, 10),
+    "digits": (16, 10),  # 8x8 scans: trained at 16 px by default (the source stores 32 px)
     "synthetic": (32, 10),
     "cifar10": (32, 10),
     "cifar100": (32, 100),
@@ -129,12 +129,15 @@ class AugmentConfig:
         use_blur: apply Gaussian blur (p = 0.5 per view).
         color_jitter_impl: `v2` (SimCLRv2 code, default) or `v1` (SimCLRv1 code).
         crop_min_area: smallest area fraction of the random resized crop.
+        random_flip: flip views horizontally with p = 0.5 (off for data where a mirror image
+            changes the class, such as digits).
     """
 
     color_jitter_strength: float | None = None
     use_blur: bool | None = None
     color_jitter_impl: str = "v2"
     crop_min_area: float = 0.08
+    random_flip: bool = True
 
     def validate(self) -> None:
         if self.color_jitter_strength is not None:
@@ -285,6 +288,8 @@ class TrainConfig:
             this many epochs (the paper's linear evaluation; 0 disables).
         linear_eval_learning_rate: base learning rate of that linear evaluation (Nesterov
             momentum, linear scaling, no weight decay).
+        deterministic: make TensorFlow ops deterministic, so that a run (also a resumed one)
+            gives bit-identical weights for a seed (costs some speed).
     """
 
     mode: str = "train_then_eval"
@@ -309,6 +314,7 @@ class TrainConfig:
     knn_every_epochs: int = 0
     linear_eval_epochs: int = 0
     linear_eval_learning_rate: float = 0.1
+    deterministic: bool = False
 
     def validate(self) -> None:
         _one_of("mode", self.mode, ("train", "eval", "train_then_eval"))

@@ -478,3 +478,19 @@ SEED = tf.constant([0, 1])
 def test_bad_arguments_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_views_without_random_flip_are_never_mirrored():
+    # A left-right ramp: after a full-image crop, a flipped view would decrease along the width.
+    ramp = tf.tile(tf.linspace(0.0, 1.0, 32)[None, :, None], [32, 1, 3])
+    for i in range(40):
+        view = augment.augment_view(ramp, tf.constant([i, 1]), image_size=32, color_jitter_strength=0.0,
+                                    use_blur=False, crop_min_area=1.0, random_flip=False)
+        row = view.numpy()[16, :, 0]
+        assert row[-1] > row[0]
+    flipped = [
+        augment.augment_view(ramp, tf.constant([i, 1]), image_size=32, color_jitter_strength=0.0,
+                             use_blur=False, crop_min_area=1.0).numpy()[16, -1, 0] < 0.5
+        for i in range(40)
+    ]
+    assert 5 < sum(flipped) < 35  # the default does flip, about half the time

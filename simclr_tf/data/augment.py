@@ -824,6 +824,7 @@ def augment_view(
     use_blur: bool,
     color_jitter_impl: str = "v2",
     crop_min_area: float = 0.08,
+    random_flip: bool = True,
 ) -> tf.Tensor:
     """One SimCLR view: crop + flip, colour jitter / drop, then (optionally) blur.
 
@@ -835,6 +836,8 @@ def augment_view(
         use_blur: bool. Blur with p = 0.5 (ImageNet recipe; off for CIFAR).
         color_jitter_impl: str. `"v2"` or `"v1"`. Defaults to `"v2"`.
         crop_min_area: float. Smallest area fraction of the crop, in `(0, 1]`. Defaults to `0.08`.
+        random_flip: bool. Flip left-right with p = 0.5; off for data where a mirror image
+            changes the class (digits). Defaults to `True`.
 
     Returns:
         float32 tensor of shape `(image_size, image_size, 3)` in `[0, 1]`.
@@ -861,6 +864,8 @@ def augment_view(
     # The same parameters as random_flip, random_color_jitter and random_gaussian_blur with these
     # seeds, applied in one fused call.
     params = {**_sample_flip(seeds[1]), **_sample_color(seeds[2], strength, impl, 0.8, 0.2)}
+    if not random_flip:
+        params["flip"] = tf.constant(False)
     if use_blur:
         params.update(_sample_blur(seeds[3], 0.5))
     view = _apply_view_ops(view, params, impl=impl, kernel_size=blur_kernel_size(image_size))
@@ -876,6 +881,7 @@ def two_views(
     use_blur: bool,
     color_jitter_impl: str = "v2",
     crop_min_area: float = 0.08,
+    random_flip: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Two independent SimCLR views of one image (see `augment_view` for the arguments).
 
@@ -894,6 +900,7 @@ def two_views(
         use_blur=use_blur,
         color_jitter_impl=color_jitter_impl,
         crop_min_area=crop_min_area,
+        random_flip=random_flip,
     )
     return augment_view(image, seeds[0], **kwargs), augment_view(image, seeds[1], **kwargs)
 

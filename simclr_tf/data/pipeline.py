@@ -189,6 +189,7 @@ def build_train_dataset(
     use_blur: bool,
     color_jitter_impl: str = "v2",
     crop_min_area: float = 0.08,
+    random_flip: bool = True,
     seed: int = 0,
     cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
@@ -205,6 +206,7 @@ def build_train_dataset(
         use_blur: bool. Gaussian blur (ImageNet recipe).
         color_jitter_impl: str. `"v2"` (SimCLRv2 code) or `"v1"`.
         crop_min_area: float. Smallest area fraction of the random resized crop.
+        random_flip: bool. Random horizontal flips (off for digits-like data).
         seed: int. Seed of the shuffle and the augmentations: the stream is a pure function of it.
         cache: bool. Cache the decoded source images (before augmentation) in memory.
         input_context: `tf.distribute.InputContext` or None. Shards the source across input
@@ -243,6 +245,7 @@ def build_train_dataset(
             use_blur=use_blur,
             color_jitter_impl=color_jitter_impl,
             crop_min_area=crop_min_area,
+            random_flip=random_flip,
         )
         return views, label
 

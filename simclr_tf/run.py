@@ -1,0 +1,202 @@
+"""The command line: `python -m simclr_tf.run [--flags]`.
+
+The only module that reads absl FLAGS. Flag names follow the original SimCLR code where one
+exists; each flag is one field of the typed config (`--temperature` -> `LossConfig.temperature`).
+With no flags it runs the quickstart: pretraining on the built-in digits with a small ResNet,
+evaluation of the linear head, and export of the encoder. Recipes are flagfiles in experiments/:
+
+    python -m simclr_tf.run --flagfile=experiments/cifar10_resnet18.flags
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from simclr_tf.config import Config, ConfigError
+
+# (flag, config section, field, kind, default, help). Defaults are the quickstart's where it
+# differs from the dataclass default (digits, ResNet-18, CIFAR recipe for 32 px images).
+_FLAG_SPECS = [
+    # data
+    ("dataset", "data", "dataset", str, "digits",
+     "Data set: `digits` (built in), `synthetic`, `folder` (with --image_dir) or a TFDS name "
+     "(cifar10, imagenet2012, ...)."),
+    ("data_dir", "data", "data_dir", str, None, "TFDS data directory."),
+    ("download", "data", "download", bool, True, "Let TFDS download and prepare missing data."),
+    ("image_dir", "data", "image_dir", str, None,
+     "Root folder of images for --dataset=folder (class sub-folders give labels)."),
+    ("eval_image_dir", "data", "eval_image_dir", str, None, "Separate folder of evaluation images."),
+    ("train_split", "data", "train_split", str, "train", "Training split."),
+    ("eval_split", "data", "eval_split", str, "test", "Evaluation split."),
+    ("image_size", "data", "image_size", int, None, "Input image side; default: the data set's."),
+    ("cache_dataset", "data", "cache_dataset", bool, True, "Cache decoded images in memory."),
+    ("train_label_fraction", "data", "train_label_fraction", float, 1.0,
+     "Fraction of labels used for supervised training (class-balanced, e.g. 0.01 or 0.1)."),
+    ("train_labels_per_class", "data", "train_labels_per_class", int, 0,
+     "If > 0, use exactly this many labelled images per class."),
+    # augmentation
+    ("color_jitter_strength", "augment", "color_jitter_strength", float, None,
+     "Colour distortion strength; default 1.0, or 0.5 for images of 32 px or less."),
+    ("use_blur", "augment", "use_blur", bool, None,
+     "Gaussian blur; default on, off for images of 32 px or less."),
+    ("color_jitter_impl", "augment", "color_jitter_impl", str, "v2", "Colour jitter of SimCLR `v1` or `v2`."),
+    ("crop_min_area", "augment", "crop_min_area", float, 0.08, "Smallest area fraction of random crops."),
+    ("random_flip", "augment", "random_flip", bool, True, "Random horizontal flips of the views."),
+    # model
+    ("resnet_depth", "model", "resnet_depth", int, 18, "ResNet depth: 18, 34, 50, 101, 152, 200."),
+    ("width_multiplier", "model", "width_multiplier", int, 1, "ResNet width multiplier."),
+    ("sk_ratio", "model", "sk_ratio", float, 0.0, "Selective-kernel ratio (SimCLRv2: 0.0625); 0 disables."),
+    ("se_ratio", "model", "se_ratio", float, 0.0, "Squeeze-excitation ratio; 0 disables."),
+    ("cifar_stem", "model", "cifar_stem", bool, None, "3x3 stem without max-pool; default for <= 32 px."),
+    ("batch_norm_decay", "model", "batch_norm_decay", float, 0.9, "Batch-norm moving-average decay."),
+    ("global_bn", "model", "global_bn", bool, True, "Synchronise batch norm across replicas."),
+    ("proj_head_mode", "model", "proj_head_mode", str, "nonlinear", "none, linear or nonlinear."),
+    ("proj_out_dim", "model", "proj_out_dim", int, 128, "Projection output size."),
+    ("num_proj_layers", "model", "num_proj_layers", int, 2,
+     "Projection head layers (2 in SimCLRv1, 3 in SimCLRv2)."),
+    ("ft_proj_selector", "model", "ft_proj_selector", int, 0,
+     "Projection layer that fine-tuning starts from (0: the encoder output)."),
+    ("zero_init_logits_layer", "model", "zero_init_logits_layer", bool, False,
+     "Zero-initialise the supervised head."),
+    # loss
+    ("temperature", "loss", "temperature", float, 0.5, "NT-Xent temperature."),
+    ("hidden_norm", "loss", "hidden_norm", bool, True, "L2-normalise projections in NT-Xent."),
+    # optimizer
+    ("optimizer", "optimizer", "optimizer", str, "lars", "lars, momentum or adam."),
+    ("learning_rate", "optimizer", "learning_rate", float, 1.0, "Base learning rate."),
+    ("learning_rate_scaling", "optimizer", "learning_rate_scaling", str, "linear",
+     "linear (lr * B / 256), sqrt (lr * sqrt(B)) or none."),
+    ("warmup_epochs", "optimizer", "warmup_epochs", float, 2.0, "Warm-up epochs."),
+    ("momentum", "optimizer", "momentum", float, 0.9, "Momentum."),
+    ("weight_decay", "optimizer", "weight_decay", float, 1e-4, "Weight decay."),
+    ("lars_eta", "optimizer", "lars_eta", float, 0.001, "LARS trust coefficient."),
+    # training
+    ("mode", "train", "mode", str, "train_then_eval", "train, eval or train_then_eval."),
+    ("train_mode", "train", "train_mode", str, "pretrain", "pretrain or finetune."),
+    ("lineareval_while_pretraining", "train", "lineareval_while_pretraining", bool, True,
+     "Train a linear head on frozen features while pretraining (needs labels)."),
+    ("fine_tune_after_block", "train", "fine_tune_after_block", int, -1,
+     "-1 fine-tunes everything; k freezes up to block group k; 4 is linear evaluation."),
+    ("train_batch_size", "train", "train_batch_size", int, 128, "Global training batch size."),
+    ("eval_batch_size", "train", "eval_batch_size", int, 256, "Global evaluation batch size."),
+    ("train_epochs", "train", "train_epochs", int, 20, "Training epochs."),
+    ("train_steps", "train", "train_steps", int, 0, "Training steps; overrides train_epochs if > 0."),
+    ("eval_steps", "train", "eval_steps", int, 0, "Evaluation steps; 0 evaluates the whole split."),
+    ("checkpoint_epochs", "train", "checkpoint_epochs", int, 1, "Checkpoint every this many epochs."),
+    ("checkpoint_steps", "train", "checkpoint_steps", int, 0,
+     "Checkpoint every this many steps; overrides checkpoint_epochs if > 0."),
+    ("keep_checkpoint_max", "train", "keep_checkpoint_max", int, 5, "Checkpoints kept."),
+    ("keep_hub_module_max", "train", "keep_hub_module_max", int, 1, "Exported SavedModels kept."),
+    ("model_dir", "train", "model_dir", str, "runs/digits_quickstart",
+     "Where checkpoints, logs, results and exports go."),
+    ("checkpoint", "train", "checkpoint", str, None,
+     "Checkpoint (prefix or model_dir) to initialise from, e.g. for fine-tuning."),
+    ("seed", "train", "seed", int, 0, "Seed for weights, augmentation and data order."),
+    ("jit_compile", "train", "jit_compile", bool, False, "Compile the train step with XLA."),
+    ("precision", "train", "precision", str, "float32", "float32, mixed_bfloat16 or mixed_float16."),
+    ("steps_per_execution", "train", "steps_per_execution", int, 1, "Train steps per call into TF."),
+    ("knn_every_epochs", "train", "knn_every_epochs", int, 0, "kNN monitor period in epochs; 0 disables."),
+    ("linear_eval_epochs", "train", "linear_eval_epochs", int, 30,
+     "After pretraining, epochs of linear evaluation on the frozen encoder (0 disables)."),
+    ("linear_eval_learning_rate", "train", "linear_eval_learning_rate", float, 0.1,
+     "Base learning rate of that linear evaluation (Nesterov momentum, lr * B / 256)."),
+    ("deterministic", "train", "deterministic", bool, False,
+     "Deterministic TensorFlow ops: a seed gives bit-identical weights, resumed or not."),
+    # runtime
+    ("strategy", "runtime", "strategy", str, "default", "default, mirrored, multi_worker or tpu."),
+    ("tpu_name", "runtime", "tpu_name", str, None, "TPU name for the cluster resolver."),
+    ("tpu_zone", "runtime", "tpu_zone", str, None, "TPU zone."),
+    ("gcp_project", "runtime", "gcp_project", str, None, "Google Cloud project of the TPU."),
+]
+
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           bool: flags.DEFINE_bool}
+
+for _name, _section, _field, _kind, _default, _help in _FLAG_SPECS:
+    _DEFINE[_kind](_name, _default, _help)
+flags.DEFINE_bool("use_tpu", False, "Original SimCLR flag: the same as --strategy=tpu.")
+flags.DEFINE_list("devices", [], "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags(flag_values) -> Config:
+    """Turns parsed flags into a typed Config (not yet validated)."""
+    sections: dict[str, dict] = {}
+    for name, section, field, _kind, _default, _help in _FLAG_SPECS:
+        sections.setdefault(section, {})[field] = flag_values[name].value
+    if flag_values.use_tpu:
+        sections["runtime"]["strategy"] = "tpu"
+    sections["runtime"]["devices"] = tuple(flag_values.devices)
+    defaults = Config()
+    return Config(**{
+        section: dataclasses.replace(getattr(defaults, section), **values)
+        for section, values in sections.items()
+    })
+
+
+def _print_summary(results: dict) -> None:
+    print("\n" + "=" * 72)
+    if "online_eval_top1" in results:
+        print(f"Online linear head (trained while pretraining): top-1 {results['online_eval_top1']:.2%}")
+    if "eval_top1" in results:
+        print(f"Linear-eval accuracy on {results['eval_split']}: top-1 {results['eval_top1']:.2%}, "
+              f"top-5 {results['eval_top5']:.2%} ({results['eval_examples']} images)")
+    if "train_seconds" in results:
+        print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s")
+    model_dir = results["model_dir"]
+    print(f"Checkpoints:        {results.get('checkpoint')}")
+    print(f"TensorBoard logs:   {results['logs']}   (tensorboard --logdir {results['logs']})")
+    print(f"Results:            {os.path.join(model_dir, 'result.json')}")
+    print(f"Config:             {os.path.join(model_dir, 'config.json')}")
+    exported = results.get("exported") or {}
+    if exported:
+        print(f"Exported encoder:   {exported['saved_model']}  (SavedModel, TF-Hub style)")
+        print(f"                    {exported['keras_file']}")
+    print("=" * 72)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}. Flags start with --.")
+    try:
+        config = config_from_flags(FLAGS).resolved().validate()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TF's INFO chatter hides the progress lines
+    # TensorFlow is imported only now, after the flags were checked.
+    from simclr_tf.distribute import make_strategy
+    from simclr_tf.train import train
+
+    try:
+        strategy = make_strategy(
+            config.runtime.strategy,
+            devices=config.runtime.devices,
+            tpu_name=config.runtime.tpu_name,
+            tpu_zone=config.runtime.tpu_zone,
+            gcp_project=config.runtime.gcp_project,
+        )
+        results = train(config, strategy)
+    except (ValueError, FileNotFoundError, PermissionError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    results.pop("config", None)
+    _print_summary(results)
+    return 0
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
+
+
+__all__ = ["config_from_flags", "main"]

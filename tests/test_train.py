@@ -1,0 +1,90 @@
+"""End to end: the CLI writes what it promises, resumes where it stopped, and eval reproduces."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from simclr_tf.config import Config, DataConfig, TrainConfig
+from simclr_tf.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_cli(*flags, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "simclr_tf.run", *flags], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+def test_cli_writes_the_expected_files_and_resumes(tmp_path):
+    model_dir = str(tmp_path / "run")
+    smoke = os.path.join(ROOT, "experiments", "smoke.flags")
+    first = _run_cli(f"--flagfile={smoke}", f"--model_dir={model_dir}", "--train_steps=4",
+                     "--checkpoint_steps=2", "--linear_eval_epochs=0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ("config.json", "result.json", "checkpoint", "ckpt-2.index", "ckpt-4.index"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    assert os.listdir(os.path.join(model_dir, "logs"))
+    assert os.path.exists(os.path.join(model_dir, "saved_model", "4", "saved_model.pb"))
+    assert os.path.exists(os.path.join(model_dir, "saved_model", "4", "encoder.keras"))
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert result["train_steps"] == 4 and 0.0 <= result["eval_top1"] <= 1.0
+    assert "Linear-eval accuracy" in first.stdout or "top-1" in first.stdout
+    assert os.path.join(model_dir, "result.json") in first.stdout
+
+    second = _run_cli(f"--flagfile={smoke}", f"--model_dir={model_dir}", "--train_steps=6",
+                      "--checkpoint_steps=2", "--linear_eval_epochs=0")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from" in second.stdout and "at step 4" in second.stdout
+    assert os.path.exists(os.path.join(model_dir, "ckpt-6.index"))
+    assert json.load(open(os.path.join(model_dir, "result.json")))["train_steps"] == 6
+
+
+def test_cli_rejects_bad_flags_before_any_work(tmp_path):
+    bad = _run_cli("--temperature=-1", f"--model_dir={tmp_path}/x")
+    assert bad.returncode == 2 and "temperature" in bad.stderr
+    assert not os.path.exists(tmp_path / "x")
+    unknown = _run_cli("--temprature=0.5")
+    assert unknown.returncode != 0 and "temprature" in unknown.stderr
+    flagfile = tmp_path / "bad.flags"
+    flagfile.write_text("--dataset=digits\n--no_such_flag=3\n")
+    from_file = _run_cli(f"--flagfile={flagfile}")
+    assert from_file.returncode != 0 and "no_such_flag" in from_file.stderr
+
+
+def _tiny_config(model_dir, **train):
+    config = Config()
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(DataConfig(), dataset="digits", image_size=16),
+        model=dataclasses.replace(config.model, resnet_depth=18, num_proj_layers=2),
+        train=dataclasses.replace(
+            TrainConfig(), model_dir=model_dir, train_batch_size=64, eval_batch_size=128,
+            train_steps=3, checkpoint_steps=3, **train,
+        ),
+    )
+
+
+def test_eval_mode_reproduces_the_in_memory_accuracy(tmp_path):
+    config = _tiny_config(str(tmp_path / "run"))
+    trained = train(config)
+    evaluated = train(dataclasses.replace(config, train=dataclasses.replace(config.train, mode="eval")))
+    assert trained["eval_examples"] == evaluated["eval_examples"] == 360
+    np.testing.assert_allclose(evaluated["eval_top1"], trained["eval_top1"], atol=1e-6)
+    np.testing.assert_allclose(evaluated["eval_loss"], trained["eval_loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_linear_evaluation_after_pretraining(tmp_path):
+    config = _tiny_config(str(tmp_path / "run"), linear_eval_epochs=1)
+    results = train(config)
+    assert os.path.exists(os.path.join(results["linear_eval_dir"], "result.json"))
+    assert results["eval_protocol"].startswith("linear evaluation")
+    assert "online_eval_top1" in results
