@@ -1,27 +1,29 @@
-"""Distributed equivalence checks, each run in its own process by tests/test_distribute.py.
+"""Distributed equivalence checks, run in fresh processes by tests/test_distribute.py.
 
-Logical CPU devices can only be configured before TensorFlow initialises its devices, so every
-check runs in a fresh interpreter:
+Logical CPU devices can only be configured before TensorFlow initialises its devices, so the
+checks run in a fresh interpreter:
 
-    PYTHONPATH=. python tests/distributed_checks.py <check> <num_devices> [--option ...]
+    PYTHONPATH=. python tests/distributed_checks.py <check>[,<check>...] <num_devices> [--option ...]
 
-The script splits the one physical CPU into `num_devices` logical CPUs, runs the check under a
-`MirroredStrategy` over all of them, and prints one JSON object (the measurements) on the last line
-of stdout. It exits non-zero, with the reason on stderr, if something cannot run. The checks only
-measure; the assertions live in tests/test_distribute.py.
+The script splits the one physical CPU into `num_devices` logical CPUs, runs the checks (under
+`MirroredStrategy`s over the first `--replicas` of them) and prints one JSON object
+`{check: measurements}` on the last line of stdout. It exits non-zero, with the reason on stderr,
+if something cannot run. The checks only measure; the assertions live in tests/test_distribute.py.
 
-Checks:
+Checks (results keyed by replica count, or by "<replicas>/<bn mode>"):
     nt_xent      NT-Xent loss and the gradient of a shared weight: replicas vs one device; then
                  the same with the replica context's all_gather wrapped in `tf.stop_gradient`
                  (the negative control: the gradient must then differ).
     train_step   `model.fit` steps of a tiny SimCLRModel (ResNet-18, projection head, NT-Xent,
-                 LARS): weights after the steps, replicas vs one device with the global batch.
-                 `--no_global_bn` uses per-replica batch norm.
+                 LARS): weights and batch-norm statistics after the steps, replicas vs one device
+                 with the global batch, with global and/or per-replica batch norm (`--train_bn`).
     bn_stats     Moving statistics of batch norm after one training-mode call, against NumPy
-                 statistics of the global batch and of each replica's shard.
+                 statistics of the global batch and of each replica's shard; and every batch
+                 norm of a ResNet-18 encoder against one device on the global batch.
     strategy     `make_strategy` / `is_chief` / `check_batch_divisible` with real devices, and
                  the errors of `multi_worker` created too late and of `tpu` without a TPU.
-    multi_worker A real one-worker `MultiWorkerMirroredStrategy` from TF_CONFIG.
+                 Run it last: it tries to initialise a TPU system.
+    multi_worker A real one-worker `MultiWorkerMirroredStrategy` from TF_CONFIG. Runs alone.
 """
 
 from __future__ import annotations
@@ -97,41 +99,45 @@ def _cut_the_gather():
     tf.distribute.ReplicaContext.all_gather = all_gather_without_gradient
 
 
-def check_nt_xent(num_devices, args):
+def check_nt_xent(args):
     from simclr_tf.losses import nt_xent
 
-    strategy = _mirrored(num_devices)
     per_replica, in_dim, out_dim, temperature = 3, 5, 4, 0.2
-    batch = per_replica * num_devices
     rng = np.random.default_rng(args.seed)
-    x_1 = rng.normal(size=(batch, in_dim)).astype(np.float32)
-    x_2 = (x_1 + 0.3 * rng.normal(size=(batch, in_dim))).astype(np.float32)
-    w_init = rng.normal(size=(in_dim, out_dim)).astype(np.float32)
+    cases = {}
+    for replicas in args.replicas:
+        strategy = _mirrored(replicas)
+        batch = per_replica * replicas
+        x_1 = rng.normal(size=(batch, in_dim)).astype(np.float32)
+        x_2 = (x_1 + 0.3 * rng.normal(size=(batch, in_dim))).astype(np.float32)
+        w_init = rng.normal(size=(in_dim, out_dim)).astype(np.float32)
 
-    # One device, the whole global batch.
-    w_single = tf.Variable(w_init)
-    with tf.GradientTape() as tape:
-        loss_single, _, _ = nt_xent(x_1 @ w_single, x_2 @ w_single, temperature=temperature)
-    grad_single = tape.gradient(loss_single, w_single)
+        # One device, the whole global batch.
+        w_single = tf.Variable(w_init)
+        with tf.GradientTape() as tape:
+            loss_single, _, _ = nt_xent(x_1 @ w_single, x_2 @ w_single, temperature=temperature)
+        grad_single = tape.gradient(loss_single, w_single)
 
-    with strategy.scope():
-        w = tf.Variable(w_init)
+        with strategy.scope():
+            w = tf.Variable(w_init)
+        cases[replicas] = (strategy, x_1, x_2, w, loss_single, grad_single)
 
-    def replica_step(local_1, local_2):
+    def replica_step(w, local_1, local_2):
+        # `w` is this replica's copy of the mirrored variable.
         with tf.GradientTape() as tape:
             z_1 = tf.matmul(local_1, w)  # (B, D)
             z_2 = tf.matmul(local_2, w)  # (B, D)
             loss, logits_ab, labels = nt_xent(z_1, z_2, temperature=temperature)
             # As the train step: each replica's loss divided by the replica count, gradients
             # summed over replicas.
-            scaled = loss / strategy.num_replicas_in_sync
+            scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
         grad = tape.gradient(scaled, w)
         return loss, grad, tf.shape(logits_ab), tf.argmax(labels, axis=1)
 
-    def distributed():
+    def distributed(strategy, x_1, x_2, w):
         @tf.function  # a new function each time, so that it traces the current all_gather
         def step(d_1, d_2):
-            loss, grad, logits_shape, positives = strategy.run(replica_step, args=(d_1, d_2))
+            loss, grad, logits_shape, positives = strategy.run(replica_step, args=(w, d_1, d_2))
             return (
                 strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, grad, axis=None),
@@ -142,25 +148,28 @@ def check_nt_xent(num_devices, args):
 
         return step(_shards(strategy, x_1), _shards(strategy, x_2))
 
-    loss_mean, grad_sum, losses, logits_shape, positives = distributed()
-    result = {
-        "num_replicas": strategy.num_replicas_in_sync,
-        "per_replica": per_replica,
-        "loss_single": float(loss_single),
-        "loss_mean": float(loss_mean),
-        "replica_losses": [float(v) for v in _local(strategy, losses)],
-        "loss_diff": abs(float(loss_mean) - float(loss_single)),
-        "grad_diff": _max_abs(grad_sum, grad_single),
-        "grad_max": float(np.max(np.abs(grad_single))),
-        "logits_shapes": [v.tolist() for v in _local(strategy, logits_shape)],
-        "positives": [v.tolist() for v in _local(strategy, positives)],
-    }
-    # The negative control: the same measurement with the gradient cut at the all-gather.
+    results = {}
+    for replicas, (strategy, x_1, x_2, w, loss_single, grad_single) in cases.items():
+        loss_mean, grad_sum, losses, logits_shape, positives = distributed(strategy, x_1, x_2, w)
+        results[str(replicas)] = {
+            "num_replicas": strategy.num_replicas_in_sync,
+            "per_replica": per_replica,
+            "loss_single": float(loss_single),
+            "loss_mean": float(loss_mean),
+            "replica_losses": [float(v) for v in _local(strategy, losses)],
+            "loss_diff": abs(float(loss_mean) - float(loss_single)),
+            "grad_diff": _max_abs(grad_sum, grad_single),
+            "grad_max": float(np.max(np.abs(grad_single))),
+            "logits_shapes": [v.tolist() for v in _local(strategy, logits_shape)],
+            "positives": [v.tolist() for v in _local(strategy, positives)],
+        }
+    # The negative control: the same measurements with the gradient cut at the all-gather.
     _cut_the_gather()
-    loss_mean, grad_sum, _, _, _ = distributed()
-    result["cut_gather_loss_diff"] = abs(float(loss_mean) - float(loss_single))
-    result["cut_gather_grad_diff"] = _max_abs(grad_sum, grad_single)
-    return result
+    for replicas, (strategy, x_1, x_2, w, loss_single, grad_single) in cases.items():
+        loss_mean, grad_sum, _, _, _ = distributed(strategy, x_1, x_2, w)
+        results[str(replicas)]["cut_gather_loss_diff"] = abs(float(loss_mean) - float(loss_single))
+        results[str(replicas)]["cut_gather_grad_diff"] = _max_abs(grad_sum, grad_single)
+    return results
 
 
 # --- train_step ------------------------------------------------------------------------------------
@@ -190,45 +199,54 @@ def _tiny_model(global_bn):
     return model
 
 
-def check_train_step(num_devices, args):
+def check_train_step(args):
+    """`model.fit` steps on replicas against one device, for each replica count and BN mode."""
     import keras
 
-    global_bn = not args.no_global_bn
     steps, per_replica, size = args.steps, args.per_replica, 8
-    batch = per_replica * num_devices
-    rng = np.random.default_rng(args.seed)
-    base = rng.uniform(size=(batch, size, size, 3))
-    view_1 = np.clip(base + 0.1 * rng.normal(size=base.shape), 0, 1).astype(np.float32)
-    view_2 = np.clip(base + 0.1 * rng.normal(size=base.shape), 0, 1).astype(np.float32)
-    labels = np.full((batch,), -1, np.int32)  # pretraining without labels
+    results = {}
+    for replicas in args.replicas:
+        batch = per_replica * replicas
+        rng = np.random.default_rng(args.seed)
+        base = rng.uniform(size=(batch, size, size, 3))
+        view_1 = np.clip(base + 0.1 * rng.normal(size=base.shape), 0, 1).astype(np.float32)
+        view_2 = np.clip(base + 0.1 * rng.normal(size=base.shape), 0, 1).astype(np.float32)
+        labels = np.full((batch,), -1, np.int32)  # pretraining without labels
 
-    keras.utils.set_random_seed(args.seed)
-    single = _tiny_model(global_bn)
-    initial = [w.copy() for w in single.get_weights()]
-    strategy = _mirrored(num_devices)
-    with strategy.scope():
-        replicated = _tiny_model(global_bn)
-    replicated.set_weights(initial)
+        def dataset(view_1=view_1, view_2=view_2, labels=labels):
+            # The same global batch every step; under the strategy Keras splits it into
+            # `replicas` consecutive shards of `per_replica` examples.
+            return tf.data.Dataset.from_tensors(((view_1, view_2), labels)).repeat(steps)
 
-    def dataset():
-        # The same global batch every step; under the strategy Keras splits it into
-        # `num_devices` consecutive shards of `per_replica` examples.
-        return tf.data.Dataset.from_tensors(((view_1, view_2), labels)).repeat(steps)
+        # The reference: one device with the whole batch. Its batch norm sees the whole batch
+        # whatever `global_bn` says, so it is the reference of both modes.
+        keras.utils.set_random_seed(args.seed)
+        single = _tiny_model(global_bn=True)
+        initial = [w.copy() for w in single.get_weights()]
+        single.fit(dataset(), epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+        strategy = _mirrored(replicas)
+        for mode in args.train_bn:
+            with strategy.scope():
+                replicated = _tiny_model(global_bn=mode == "global")
+            replicated.set_weights(initial)
+            replicated.fit(dataset(), epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+            result = _compare_models(strategy, replicated, single, initial)
+            results[f"{replicas}/{mode}"] = {"steps": steps, "global_bn": mode == "global", **result}
+    return results
 
-    single.fit(dataset(), epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
-    replicated.fit(dataset(), epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
 
-    worst_diff, worst_path, worst_relative = 0.0, "", 0.0
-    update_max = 0.0
-    for got, want, start in zip(replicated.trainable_weights, single.trainable_weights,
-                                _by_path(single, initial), strict=True):
-        diff = _max_abs(got.numpy(), want.numpy())
-        update = want.numpy() - start
+def _compare_models(strategy, replicated, single, initial):
+    worst_diff, worst_path, worst_relative, update_max = 0.0, "", 0.0, 0.0
+    for variable, reference, start in zip(replicated.trainable_weights, single.trainable_weights,
+                                          _by_path(single, initial), strict=True):
+        got, want = variable.numpy(), reference.numpy()
+        update = want - start
         update_max = max(update_max, float(np.max(np.abs(update))))
-        relative = float(np.linalg.norm(got.numpy() - want.numpy()) / max(np.linalg.norm(update), 1e-30))
+        diff = _max_abs(got, want)
         if diff > worst_diff:
-            worst_diff, worst_path = diff, got.path
-        worst_relative = max(worst_relative, relative)
+            worst_diff, worst_path = diff, variable.path
+        relative = np.linalg.norm(got - want) / max(np.linalg.norm(update), 1e-30)
+        worst_relative = max(worst_relative, float(relative))
 
     # Batch-norm moving statistics: every replica's copy against the single device's (the two
     # models list their weights in the same order, as `set_weights` relies on).
@@ -249,8 +267,6 @@ def check_train_step(num_devices, args):
 
     return {
         "num_replicas": strategy.num_replicas_in_sync,
-        "global_bn": global_bn,
-        "steps": steps,
         "weight_diff": worst_diff,
         "weight_diff_path": worst_path,
         "weight_diff_relative_to_update": worst_relative,
@@ -271,18 +287,27 @@ def _by_path(model, initial):
 # --- bn_stats --------------------------------------------------------------------------------------
 
 
-def check_bn_stats(num_devices, args):
+def check_bn_stats(args):
+    """Moving statistics after one training-mode call, for each replica count and BN mode."""
+    results = {}
+    for replicas in args.replicas:
+        strategy = _mirrored(replicas)
+        for mode in ("global", "per_replica"):
+            results[f"{replicas}/{mode}"] = _bn_stats(strategy, mode == "global", args.seed)
+    return results
+
+
+def _bn_stats(strategy, global_bn, seed):
     import keras
 
     from simclr_tf.models.resnet import build_resnet
 
-    global_bn = not args.no_global_bn
-    strategy = _mirrored(num_devices)
+    replicas = strategy.num_replicas_in_sync
     momentum, per_replica, channels = 0.9, 3, 4
-    batch = per_replica * num_devices
-    rng = np.random.default_rng(args.seed)
-    # Shards with very different means and scales, so per-replica and global statistics differ.
-    scale = np.repeat(np.arange(1, num_devices + 1), per_replica)[:, None, None, None]
+    batch = per_replica * replicas
+    rng = np.random.default_rng(seed)
+    # Shards with different means and scales, so per-replica and global statistics differ.
+    scale = np.repeat(np.arange(1, replicas + 1), per_replica)[:, None, None, None]
     x = (rng.normal(size=(batch, 2, 2, channels)) * scale + scale).astype(np.float32)
 
     with strategy.scope():
@@ -295,16 +320,18 @@ def check_bn_stats(num_devices, args):
 
     call_layer(_shards(strategy, x))
     axes = (0, 1, 2)
+    # Keras: moving = momentum * moving + (1 - momentum) * batch statistic, from 0 and 1, with
+    # the biased (population) variance.
     expected_global = {
         "moving_mean": (1 - momentum) * x.mean(axes),
-        "moving_variance": momentum + (1 - momentum) * x.var(axes),  # biased (population) variance
+        "moving_variance": momentum + (1 - momentum) * x.var(axes),
     }
-    shards = np.split(x, num_devices)
+    shards = np.split(x, replicas)
     expected_local = {
         "moving_mean": [(1 - momentum) * s.mean(axes) for s in shards],
         "moving_variance": [momentum + (1 - momentum) * s.var(axes) for s in shards],
     }
-    result = {"num_replicas": strategy.num_replicas_in_sync, "global_bn": global_bn}
+    result = {"num_replicas": replicas, "global_bn": global_bn}
     for name in ("moving_mean", "moving_variance"):
         copies = _local(strategy, getattr(layer, name).value)
         result[f"{name}_vs_global"] = [_max_abs(c, expected_global[name]) for c in copies]
@@ -316,8 +343,8 @@ def check_bn_stats(num_devices, args):
     # Every batch norm of a ResNet encoder: moving statistics after one training-mode call on
     # the replicas against one device on the global batch.
     image = rng.uniform(size=(batch, 8, 8, 3)).astype(np.float32)
-    keras.utils.set_random_seed(args.seed)
-    single = build_resnet(18, cifar_stem=True, global_bn=global_bn)
+    keras.utils.set_random_seed(seed)
+    single = build_resnet(18, cifar_stem=True, global_bn=True)
     with strategy.scope():
         replicated = build_resnet(18, cifar_stem=True, global_bn=global_bn)
     replicated.set_weights(single.get_weights())
@@ -357,7 +384,8 @@ def _error(function, *args, **kwargs):
     return None
 
 
-def check_strategy(num_devices, args):
+def check_strategy(args):
+    num_devices = args.num_devices
     from simclr_tf.distribute import check_batch_divisible, is_chief, make_strategy
 
     result = {}
@@ -385,7 +413,7 @@ def check_strategy(num_devices, args):
     return result
 
 
-def check_multi_worker(num_devices, args):
+def check_multi_worker(args):
     """A real MultiWorkerMirroredStrategy of one worker, created first thing, as it must be."""
     from simclr_tf.distribute import is_chief, make_strategy
 
@@ -420,19 +448,28 @@ def main(argv):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("check", choices=sorted(CHECKS))
-    parser.add_argument("num_devices", type=int)
-    parser.add_argument("--no_global_bn", action="store_true")
+    parser.add_argument("checks", help=f"comma-separated, run in this order: {', '.join(CHECKS)}")
+    parser.add_argument("num_devices", type=int, help="logical CPU devices to make")
+    parser.add_argument("--replicas", type=int, nargs="+", help="replica counts; default num_devices")
+    parser.add_argument("--train_bn", nargs="+", choices=("global", "per_replica"), default=["global"],
+                        help="batch-norm modes of train_step (bn_stats always measures both)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--per_replica", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.num_devices < 1:
-        parser.error(f"num_devices must be at least 1. Received: {args.num_devices}.")
+    checks = args.checks.split(",")
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        parser.error(f"unknown checks {unknown}; choose from {list(CHECKS)}.")
+    if "multi_worker" in checks and checks != ["multi_worker"]:
+        parser.error("multi_worker must run alone: it must start before TensorFlow does.")
+    args.replicas = args.replicas or [args.num_devices]
+    if args.num_devices < 1 or not all(1 <= r <= args.num_devices for r in args.replicas):
+        parser.error(f"need 1 <= replicas <= num_devices. Received: {args.replicas}, {args.num_devices}.")
     # A multi-worker strategy must be created before TensorFlow's runtime starts.
-    _configure_devices(args.num_devices, verify=args.check != "multi_worker")
-    result = CHECKS[args.check](args.num_devices, args)
-    print(json.dumps(result))
+    _configure_devices(args.num_devices, verify=checks != ["multi_worker"])
+    results = {check: CHECKS[check](args) for check in checks}
+    print(json.dumps(results))
     return 0
 
 
