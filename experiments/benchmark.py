@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
+import gc
 import glob
 import os
 import resource
@@ -252,6 +254,74 @@ def measure_peak(
     return results
 
 
+# --- experiment: fused batch norm --------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf_benchmark")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """`BatchNormalization` whose training pass on 4-D NHWC inputs is TensorFlow's fused kernel.
+
+    Keras 3 computes batch norm from `moments` and element-wise ops (about ten kernels forward and
+    more backward, each a pass over the activation); `FusedBatchNormV3` does the forward in one
+    kernel and its gradient in one more (oneDNN's on x86). Same results as the parent class: the
+    kernel returns the unbiased batch variance, which is rescaled to the biased one Keras' moving
+    average uses. Inference, masks, other ranks and cross-replica (`synchronized` with several
+    replicas) batch norm take the parent's path.
+
+    This is the experiment behind `--fused_batch_norm`; it belongs in `simclr_tf/models/resnet.py`
+    if adopted.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        fusable = (
+            training
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3, [3], [-1])
+            and not (self.synchronized and replicas > 1)
+        )
+        if not fusable:
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(inputs, tf.float32)
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        y, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+        )
+        count = tf.cast(tf.size(x) // channels, tf.float32)  # B * H * W values per channel
+        variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+        )
+        return tf.cast(y, self.compute_dtype)
+
+
+@contextlib.contextmanager
+def fused_batch_norm_in_resnet():
+    """Within this context, `build_resnet` makes `FusedBatchNormalization` layers for its batch norms."""
+    from simclr_tf.models import resnet
+
+    original = resnet._batch_norm
+
+    def fused(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
+        return FusedBatchNormalization(
+            axis=-1, momentum=batch_norm_decay, epsilon=resnet.BATCH_NORM_EPSILON, center=center,
+            gamma_initializer="zeros" if zero_init else "ones", synchronized=global_bn, name=name,
+            dtype=dtype,
+        )
+
+    resnet._batch_norm = fused
+    try:
+        yield
+    finally:
+        resnet._batch_norm = original
+
+
 # --- training step -------------------------------------------------------------------------------------
 
 
@@ -261,6 +331,7 @@ def build_train_model(
     jit_compile: bool,
     global_bn: bool | None = None,
     num_classes: int = 10,
+    fused_batch_norm: bool = False,
 ) -> SimCLRModel:
     """A compiled SimCLR model as `simclr_tf.train` builds it (LARS, warm-up + cosine, online linear head).
 
@@ -269,12 +340,26 @@ def build_train_model(
         jit_compile: compile the train step with XLA.
         global_bn: synchronised batch norm; `None` takes `ModelConfig`'s default.
         num_classes: classes of the online linear head (0: none).
+        fused_batch_norm: build the encoder with `FusedBatchNormalization` (an experiment).
 
     Returns:
         The built, compiled `SimCLRModel` with its optimizer built.
     """
     defaults = ModelConfig()
-    model = SimCLRModel(
+    with fused_batch_norm_in_resnet() if fused_batch_norm else contextlib.nullcontext():
+        model = _simclr_model(case, defaults, global_bn, num_classes)
+    model(tf.zeros([1, case.image_size, case.image_size, 3]), training=False)
+    learning_rate = WarmupCosineDecay(0.3 * case.batch_size / 256, warmup_steps=10, total_steps=1000)
+    optimizer = build_optimizer("lars", learning_rate, momentum=0.9, weight_decay=1e-6)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    return model
+
+
+def _simclr_model(case: Case, defaults: ModelConfig, global_bn: bool | None, num_classes: int) -> SimCLRModel:
+    return SimCLRModel(
         resnet_depth=case.resnet_depth,
         cifar_stem=case.cifar_stem,
         batch_norm_decay=defaults.batch_norm_decay,
@@ -288,14 +373,6 @@ def build_train_model(
         weight_decay=1e-6,
         name="simclr",
     )
-    model(tf.zeros([1, case.image_size, case.image_size, 3]), training=False)
-    learning_rate = WarmupCosineDecay(0.3 * case.batch_size / 256, warmup_steps=10, total_steps=1000)
-    optimizer = build_optimizer("lars", learning_rate, momentum=0.9, weight_decay=1e-6)
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    model.compile(optimizer=optimizer, jit_compile=jit_compile)
-    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +384,7 @@ class StepTiming:
     first_step_seconds: float  # tracing + compilation + one step
     cpu_cores: float  # process CPU time / wall time during the timed steps
     traces: int  # times the step function was traced (1: no retracing)
+    steps: int = 0  # timed steps
 
 
 def synthetic_batch(batch_size: int, image_size: int, num_classes: int = 10, seed: int = 0):
@@ -318,7 +396,9 @@ def synthetic_batch(batch_size: int, image_size: int, num_classes: int = 10, see
     return (view_1, view_2), labels
 
 
-def time_train_step(model: SimCLRModel, batch, *, warmup_steps: int = 1, steps: int = 3) -> StepTiming:
+def time_train_step(
+    model: SimCLRModel, batch, *, warmup_steps: int = 1, steps: int = 3, max_seconds: float | None = None
+) -> StepTiming:
     """Times the model's compiled train function (the one `fit` uses) on one device-resident batch.
 
     The first call (tracing and compilation) and `warmup_steps` more are excluded. The clock stops
@@ -328,7 +408,9 @@ def time_train_step(model: SimCLRModel, batch, *, warmup_steps: int = 1, steps: 
         model: a compiled model whose `train_step` takes `batch`.
         batch: `((view_1, view_2), labels)` tensors.
         warmup_steps: untimed steps after the first.
-        steps: timed steps.
+        steps: timed steps (at most).
+        max_seconds: stop timing after the step that passes this many seconds (at least one step
+            is timed); `None` times all `steps`.
 
     Returns:
         A `StepTiming`.
@@ -361,18 +443,23 @@ def time_train_step(model: SimCLRModel, batch, *, warmup_steps: int = 1, steps: 
         float(train_function([batch])["loss"])
 
     cpu_start, start = _cpu_seconds(), time.perf_counter()
-    for _ in range(steps):
+    timed = 0
+    while timed < steps:
         logs = train_function([batch])
+        timed += 1
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break  # the check needs no sync: a slow step still delays the host at the next call
     float(logs["loss"])  # wait for the last step
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu_start
     model.train_step = train_step
     return StepTiming(
-        seconds_per_step=wall / steps,
-        images_per_second=batch_size * steps / wall,
+        seconds_per_step=wall / timed,
+        images_per_second=batch_size * timed / wall,
         first_step_seconds=first,
         cpu_cores=cpu / wall,
         traces=traces[0],
+        steps=timed,
     )
 
 
@@ -480,7 +567,9 @@ def summarize_profile(logdir: str, top: int = 15) -> list[tuple[str, float]]:
                 continue
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
-                if ":" in name:  # "scope/op_name:OpType"; other events are executor bookkeeping
+                # Op events are "scope/op_name:OpType"; "ExecutorState::Process" and the like are
+                # bookkeeping that encloses them.
+                if ":" in name and "::" not in name:
                     totals[name.rsplit(":", 1)[1]] += event.duration_ps * 1e-12
     return totals.most_common(top)
 
@@ -520,24 +609,29 @@ class StepRow:
 
 def run_step_benchmarks(
     cases: Sequence[Case], jit_modes: Sequence[bool], *, warmup_steps: int, steps: int,
-    global_bn: bool | None = None, log: Callable[[str], None] = print,
+    max_seconds: float | None = None, global_bn: bool | None = None, fused_batch_norm: bool = False,
+    log: Callable[[str], None] = print,
 ) -> list[StepRow]:
+    """Times the training step of every case in every XLA mode (a fresh model each)."""
     rows = []
     for case in cases:
         forward_flops = None
         for jit_compile in jit_modes:
             keras.backend.clear_session()
-            model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn)
+            model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
+                                      fused_batch_norm=fused_batch_norm)
             if forward_flops is None:
                 forward_flops = model_flops_per_image(model, case.image_size)
             batch = synthetic_batch(case.batch_size, case.image_size)
-            timing = time_train_step(model, batch, warmup_steps=warmup_steps, steps=steps)
+            timing = time_train_step(model, batch, warmup_steps=warmup_steps, steps=steps,
+                                     max_seconds=max_seconds)
             row = StepRow(case, jit_compile, forward_flops, timing)
             log(f"  {case.name} jit_compile={jit_compile}: {timing.images_per_second:.2f} images/s "
-                f"({timing.seconds_per_step:.2f} s/step, first step {timing.first_step_seconds:.1f} s, "
-                f"{timing.cpu_cores:.2f} cores)")
+                f"({timing.seconds_per_step:.2f} s/step over {timing.steps} steps, first step "
+                f"{timing.first_step_seconds:.1f} s, {timing.cpu_cores:.2f} cores)", flush=True)
             rows.append(row)
             del model
+            gc.collect()
     return rows
 
 
@@ -583,8 +677,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no_pipeline", action="store_true", help="skip the input-pipeline benchmark")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per case")
     parser.add_argument("--warmup_steps", type=int, default=1, help="untimed steps after the first")
+    parser.add_argument("--max_seconds_per_case", type=float, default=45.0,
+                        help="stop timing a case after this many seconds of timed steps (>= 1 step)")
     parser.add_argument("--global_bn", choices=("default", "on", "off"), default="default",
                         help="synchronised batch norm (default: ModelConfig's)")
+    parser.add_argument("--fused_batch_norm", action="store_true",
+                        help="experiment: the encoder's batch norms use TensorFlow's fused kernel")
+    parser.add_argument("--inter_op_threads", type=int, default=0,
+                        help="tf.config.threading inter-op threads (0: TensorFlow's default)")
+    parser.add_argument("--intra_op_threads", type=int, default=0,
+                        help="tf.config.threading intra-op threads (0: TensorFlow's default)")
     parser.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
                         default="float32", help="Keras dtype policy of the model")
     parser.add_argument("--profile_dir", default=None,
@@ -615,9 +717,14 @@ def _select_cases(args: argparse.Namespace) -> list[Case]:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     cases = _select_cases(args)
+    if args.inter_op_threads or args.intra_op_threads:
+        # Must run before TensorFlow executes its first op.
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     keras.mixed_precision.set_global_policy(args.precision)
     print(f"simclr_tf benchmark: TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-          f"{os.cpu_count()} CPU cores, precision {args.precision}; {load_average()}", flush=True)
+          f"{os.cpu_count()} CPU cores, precision {args.precision}"
+          f"{', fused batch norm' if args.fused_batch_norm else ''}; {load_average()}", flush=True)
     started = time.perf_counter()
 
     peak_gflops, peak_per_cpu = args.peak, None
@@ -641,7 +748,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if cases:
         print("\ntraining steps (warm-up excluded):", flush=True)
         rows = run_step_benchmarks(cases, jit_modes, warmup_steps=args.warmup_steps, steps=args.steps,
-                                   global_bn=global_bn)
+                                   max_seconds=args.max_seconds_per_case, global_bn=global_bn,
+                                   fused_batch_norm=args.fused_batch_norm)
         print()
         print(format_table(rows, peak_gflops, peak_per_cpu))
         print(f"  ({load_average()}; 'cores': CPU time / wall time of the process during the timed steps)")
@@ -670,7 +778,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for case in cases:
             for jit_compile in jit_modes:
                 keras.backend.clear_session()
-                model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn)
+                model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
+                                          fused_batch_norm=args.fused_batch_norm)
                 batch = synthetic_batch(case.batch_size, case.image_size)
                 logdir = os.path.join(args.profile_dir, f"{case.name}_xla_{'on' if jit_compile else 'off'}")
                 summary = profile_train_step(model, batch, logdir)
