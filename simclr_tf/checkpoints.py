@@ -7,11 +7,13 @@ previous checkpoint as the latest one: a rerun resumes from it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 CHECKPOINT_NAME = "ckpt"
 
@@ -61,6 +63,10 @@ class CheckpointSaver:
         path = self.manager.save(checkpoint_number=step)
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
+            try:  # `.worker_scratch` too, unless another worker of this machine is saving into it
+                os.rmdir(os.path.dirname(self._scratch))
+            except OSError:
+                pass
             return None
         return path
 
@@ -82,6 +88,33 @@ class CheckpointSaver:
             if iterations != step:  # a checkpoint saved under another step number
                 step = iterations
         return step
+
+
+def weights_fingerprint(model) -> str:
+    """The SHA-256 of a model's weights: their shapes, dtypes and values, in the model's order.
+
+    Two models of one architecture hold bit-identical weights exactly when their fingerprints
+    are equal (layer names, which Keras numbers per process, do not count). `train` reports it as
+    `weights_sha256`, to compare two runs with `--deterministic`, a resumed run with an
+    uninterrupted one, or the workers of one multi-worker run.
+
+    Args:
+        model: a built Keras model (or layer).
+
+    Returns:
+        str. 64 hexadecimal digits.
+
+    Example:
+        ```python
+        weights_fingerprint(model_a) == weights_fingerprint(model_b)  # same weights, bit for bit
+        ```
+    """
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        value = np.ascontiguousarray(variable.numpy())
+        digest.update(f"{value.dtype}{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def step_of(path: str) -> int:
@@ -152,8 +185,31 @@ def restore_pretrained(model, path: str, *, train_mode: str) -> str:
 
 
 def checkpoint_num_classes(path: str) -> int:
-    """Classes of the supervised head stored in a checkpoint (0 if it has none)."""
-    for name, shape in tf.train.list_variables(resolve_checkpoint(path)):
-        if "supervised_head" in name and len(shape) == 2 and "OPTIMIZER_SLOT" not in name:
-            return int(shape[-1])
+    """Classes of the supervised head stored in a checkpoint (0 if it has none).
+
+    Found through the checkpoint's object graph (`model` -> `supervised_head` -> its kernel): the
+    variable names do not tell, since a variable that the optimizer tracks too is stored under
+    the optimizer's shorter path (`optimizer/_trainable_variables/<i>`).
+    """
+    reader = tf.train.load_checkpoint(resolve_checkpoint(path))
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    shapes = reader.get_variable_to_shape_map()
+
+    def child(node_id, name):
+        return next((c.node_id for c in graph.nodes[node_id].children if c.local_name == name), None)
+
+    model = child(0, "model")
+    head = None if model is None else child(model, "supervised_head")
+    pending, seen = [] if head is None else [head], set()
+    while pending:
+        node = pending.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for attribute in graph.nodes[node].attributes:
+            shape = shapes.get(attribute.checkpoint_key)
+            if shape is not None and len(shape) == 2:  # the logits kernel, (D, num_classes)
+                return int(shape[-1])
+        pending.extend(c.node_id for c in graph.nodes[node].children)
     return 0

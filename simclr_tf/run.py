@@ -151,6 +151,8 @@ def _print_summary(results: dict) -> None:
         print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s")
     model_dir = results["model_dir"]
     print(f"Checkpoints:        {results.get('checkpoint')}")
+    if "weights_sha256" in results:
+        print(f"Weights SHA-256:    {results['weights_sha256']}")
     print(f"TensorBoard logs:   {results['logs']}   (tensorboard --logdir {results['logs']})")
     print(f"Results:            {os.path.join(model_dir, 'result.json')}")
     print(f"Config:             {os.path.join(model_dir, 'config.json')}")

@@ -192,7 +192,38 @@ def _build_everything(config: Config, strategy, num_classes: int, schedule=None)
             jit_compile=config.train.jit_compile,
             steps_per_execution=config.train.steps_per_execution,
         )
+    if _is_multi_worker(strategy):
+        _work_around_keras_multi_worker(model)
     return model, optimizer
+
+
+def _work_around_keras_multi_worker(model) -> None:
+    """Lets a built, compiled model `fit` and `evaluate` under MultiWorkerMirroredStrategy.
+
+    Keras 3 trips over this strategy twice (keras-team/keras#20585, tensorflow/tensorflow#72388):
+
+    - Before `fit` and `evaluate` it averages a whole input batch over the replicas with
+      `strategy.reduce` to build the model symbolically, which fails on a nested batch ("Attempt
+      to convert a value (PerReplica ...) to a Tensor"). That build has nothing to do once the
+      model, its metrics and its optimizer are built, as `_build_everything` ensures: skip it.
+    - It averages each step's outputs with `strategy.reduce("MEAN", value, axis=0)`, which
+      expects a batch axis and fails on the scalar metrics ("Invalid reduction dimension 0 for
+      input with 0 dimensions"). Giving each scalar a batch axis of one makes that the mean over
+      all replicas of all workers, the same value as under MirroredStrategy.
+    """
+    unbuilt = [layer.name for layer in model._flatten_layers() if not layer.built]
+    if unbuilt or not model.optimizer.built:
+        raise RuntimeError(f"Build the model and its optimizer first; not built: {unbuilt or 'optimizer'}.")
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+    def with_batch_axis(step):
+        def step_with_batch_axis(data):
+            return {name: tf.reshape(value, [1]) for name, value in step(data).items()}  # () -> (1,)
+
+        return step_with_batch_axis
+
+    model.train_step = with_batch_axis(model.train_step)
+    model.test_step = with_batch_axis(model.test_step)
 
 
 # --- callbacks -------------------------------------------------------------------------------
@@ -311,12 +342,18 @@ def _knn_monitor(config: Config, source: sources.Source, log_dir: str):
     )
 
 
-def _image_summary(dataset, log_dir: str) -> None:
-    """A few augmented training images in TensorBoard, to see what the model sees."""
-    try:
-        (view_1, view_2), _ = next(iter(dataset))
-    except (TypeError, ValueError):  # a distributed dataset: skip the picture
+def _image_summary(dataset, strategy, log_dir: str, *, write: bool) -> None:
+    """A few augmented training images in TensorBoard, to see what the model sees.
+
+    Every worker must call it: taking a batch of a multi-worker distributed dataset all-reduces
+    which workers still have data. Only the one with `write` set (the chief) writes the summary of
+    its first replica's images.
+    """
+    (view_1, view_2), _ = next(iter(dataset))
+    if not write:
         return
+    view_1 = strategy.experimental_local_results(view_1)[0]  # (B / replicas, H, W, 3)
+    view_2 = strategy.experimental_local_results(view_2)[0]
     writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
     with writer.as_default():
         tf.summary.image("view_1", view_1[:4], step=0, max_outputs=4)
@@ -398,8 +435,8 @@ def _fit(config: Config, strategy) -> dict:
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, min(100, steps_per_epoch)))
         )
-        if config.train.train_mode == "pretrain":
-            _image_summary(dataset, log_dir)
+    if config.train.train_mode == "pretrain":
+        _image_summary(dataset, strategy, log_dir, write=chief)
     if not interactive:
         callbacks.append(_StepLogger(total_steps, max(1, min(100, steps_per_epoch))))
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -571,6 +608,7 @@ def train(config: Config, strategy=None) -> dict:
         fitted = _fit(config, strategy)
         model = fitted["model"]
         results.update(fitted["summary"])
+        _wait_for_all_workers(strategy)  # the chief's last checkpoint is complete: others may read it
     if train_config.mode in ("eval", "train_then_eval"):
         results.update(_evaluate(config, strategy, model))
     if (train_config.mode == "train_then_eval" and train_config.train_mode == "pretrain"
@@ -579,6 +617,8 @@ def train(config: Config, strategy=None) -> dict:
             results["online_eval_top1"] = results["eval_top1"]
             results["online_eval_top5"] = results["eval_top5"]
         results.update(_linear_evaluation(config, strategy))
+    if model is not None:
+        results["weights_sha256"] = checkpoints.weights_fingerprint(model)
     if model is not None and chief:
         results["exported"] = _export(config, model)
     results["model_dir"] = train_config.model_dir
@@ -586,7 +626,14 @@ def train(config: Config, strategy=None) -> dict:
     results["logs"] = os.path.join(train_config.model_dir, "logs")
     if chief:
         _write_json(os.path.join(train_config.model_dir, RESULT_FILE), results)
+    _wait_for_all_workers(strategy)  # no worker leaves the cluster while the chief still exports
     return results
+
+
+def _wait_for_all_workers(strategy) -> None:
+    """A barrier across the workers of a multi-worker strategy (nothing to do otherwise)."""
+    if _is_multi_worker(strategy):
+        tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.ones([])), axis=None))()
 
 
 def _export(config: Config, model) -> dict:
