@@ -607,6 +607,13 @@ class StepRow:
         return self.train_flops * self.timing.images_per_second / 1e9
 
 
+def _clear_session() -> None:
+    """Frees the previous models; keeps the dtype policy, which `clear_session` resets to float32."""
+    policy = keras.mixed_precision.global_policy()
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(policy)
+
+
 def run_step_benchmarks(
     cases: Sequence[Case], jit_modes: Sequence[bool], *, warmup_steps: int, steps: int,
     max_seconds: float | None = None, global_bn: bool | None = None, fused_batch_norm: bool = False,
@@ -617,7 +624,7 @@ def run_step_benchmarks(
     for case in cases:
         forward_flops = None
         for jit_compile in jit_modes:
-            keras.backend.clear_session()
+            _clear_session()
             model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
                                       fused_batch_norm=fused_batch_norm)
             if forward_flops is None:
@@ -633,6 +640,10 @@ def run_step_benchmarks(
             del model
             gc.collect()
     return rows
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1%}"  # NaN: no peak to compare with
 
 
 def format_table(
@@ -657,8 +668,8 @@ def format_table(
         lines.append(
             f"{row.case.name:<17} {'on' if row.jit_compile else 'off':>3} {row.case.batch_size:>5} "
             f"{row.timing.seconds_per_step:>6.2f} {row.timing.images_per_second:>8.2f} "
-            f"{row.train_flops / 1e9:>9.2f} {row.gflops:>7.1f} {mfu:>6.1%} {row.timing.cpu_cores:>5.2f} "
-            f"{mfu_cpu:>7.1%} {row.timing.traces:>6}"
+            f"{row.train_flops / 1e9:>9.2f} {row.gflops:>7.1f} {_percent(mfu):>6} "
+            f"{row.timing.cpu_cores:>5.2f} {_percent(mfu_cpu):>7} {row.timing.traces:>6}"
         )
     return "\n".join(lines)
 
@@ -777,7 +788,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("\nprofile (time per op type over 2 steps, summed over the executor threads):", flush=True)
         for case in cases:
             for jit_compile in jit_modes:
-                keras.backend.clear_session()
+                _clear_session()
                 model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
                                           fused_batch_norm=args.fused_batch_norm)
                 batch = synthetic_batch(case.batch_size, case.image_size)

@@ -211,3 +211,13 @@ def test_fused_batch_norm_in_resnet_is_scoped():
     assert batch_norms and all(isinstance(layer, benchmark.FusedBatchNormalization) for layer in batch_norms)
     plain = benchmark.build_train_model(case, jit_compile=False, global_bn=False)
     assert not any(isinstance(layer, benchmark.FusedBatchNormalization) for layer in plain.encoder.layers)
+
+
+def test_clear_session_keeps_the_precision():
+    # keras.backend.clear_session() alone resets the policy: a --precision run would time float32.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        benchmark._clear_session()
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
