@@ -31,7 +31,7 @@ def extract_features(encoder, dataset, *, feature="final_avg_pool"):
     Returns:
         `(features, labels)`: float32 `(N, D)` and int64 `(N,)` NumPy arrays.
     """
-    call = tf.function(lambda images: encoder(images, training=False)[feature])
+    call = tf.function(lambda images: encoder(images, training=False)[feature], reduce_retracing=True)
     features, labels = [], []
     for images, batch_labels in dataset:
         features.append(np.asarray(call(images), np.float32))
