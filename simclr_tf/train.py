@@ -633,7 +633,9 @@ def train(config: Config, strategy=None) -> dict:
 def _wait_for_all_workers(strategy) -> None:
     """A barrier across the workers of a multi-worker strategy (nothing to do otherwise)."""
     if _is_multi_worker(strategy):
-        tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.ones([])), axis=None))()
+        barrier = tf.function(lambda: strategy.reduce("SUM", strategy.run(tf.ones, ([],)), axis=None),
+                              autograph=False)
+        barrier()
 
 
 def _export(config: Config, model) -> dict:
