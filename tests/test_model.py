@@ -163,3 +163,19 @@ def test_bad_arguments():
         SimCLRModel(resnet_depth=18, train_mode="pretrian")
     with pytest.raises(ValueError, match="num_classes"):
         SimCLRModel(resnet_depth=18, train_mode="finetune", num_classes=0)
+
+
+def test_checkpoint_round_trip_restores_every_weight(tmp_path):
+    """All weights, the projection head's and its batch-norm statistics included, survive a
+    tf.train.Checkpoint round trip (what resume, eval and fine-tuning rely on)."""
+    keras.utils.set_random_seed(8)
+    model = _model(num_proj_layers=3)
+    for variable in model.weights:  # distinct values everywhere, moving statistics included
+        variable.assign(np.random.default_rng(len(variable.path)).normal(size=variable.shape).astype("float32"))
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    keras.utils.set_random_seed(9)
+    fresh = _model(num_proj_layers=3)
+    tf.train.Checkpoint(model=fresh).restore(path).assert_existing_objects_matched()
+    assert len(fresh.weights) == len(model.weights)
+    for got, want in zip(fresh.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)

@@ -170,6 +170,11 @@ class ProjectionHead(keras.layers.Layer):
             batch_norm.build(shape)
             dense_layers.append(dense)
             batch_norm_layers.append(batch_norm)
+            # One attribute per layer as well: TensorFlow checkpoints do not follow layers that
+            # are only held in a Python list, and the head's weights and batch-norm statistics
+            # must be saved and restored.
+            setattr(self, f"{prefix}_dense", dense)
+            setattr(self, f"{prefix}_batch_norm", batch_norm)
         self.dense_layers = dense_layers
         self.batch_norm_layers = batch_norm_layers
         self.built = True
