@@ -134,8 +134,9 @@ def test_time_train_step_rejects_bad_steps():
 
 
 def test_input_pipeline_rate():
-    rate = benchmark.time_input_pipeline(8, 4, num_images=16, batches=2, warmup_batches=1)
-    assert rate > 0
+    timing = benchmark.time_input_pipeline(8, 4, num_images=16, batches=2, warmup_batches=1)
+    assert timing.images_per_second > 0 and timing.cpu_cores > 0
+    assert timing.images_per_cpu_second == pytest.approx(timing.images_per_second / timing.cpu_cores)
 
 
 def test_peak_rss_is_plausible():
@@ -221,3 +222,20 @@ def test_clear_session_keeps_the_precision():
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_host_callbacks_are_found():
+    case = benchmark.Case("tiny", 18, 8, 2, True)
+    model = benchmark.build_train_model(case, jit_compile=False, global_bn=False)
+    batch = benchmark.synthetic_batch(case.batch_size, case.image_size)
+    assert benchmark.host_callbacks_in_train_step(model, batch) == []
+    train_step = model.train_step
+
+    def chatty_train_step(data):
+        logs = train_step(data)
+        tf.print("step")  # a host round trip
+        return logs
+
+    model.train_step = chatty_train_step
+    found = benchmark.host_callbacks_in_train_step(model, batch)
+    assert len(found) == 1 and "PrintV2" in found[0]
