@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
+# TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides our messages; a user who
+# wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import sys
 
 from absl import app, flags
