@@ -22,7 +22,7 @@ import tensorflow as tf
 from simclr_tf import checkpoints
 from simclr_tf.config import Config, save_config
 from simclr_tf.data import pipeline, sources
-from simclr_tf.distribute import is_chief
+from simclr_tf.distribute import check_batch_divisible, is_chief
 from simclr_tf.evaluation import KNNMonitor
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import WarmupCosineDecay, build_optimizer, compute_schedule
@@ -378,12 +378,7 @@ def _fit(config: Config, strategy) -> dict:
             f"({num_examples} images of {config.data.dataset}:{config.data.train_split}). Use a "
             f"batch size of at most {num_examples}."
         )
-    replicas = strategy.num_replicas_in_sync
-    if train.train_batch_size % replicas:
-        raise ValueError(
-            f"`train_batch_size` ({train.train_batch_size}) must be divisible by the number of "
-            f"replicas ({replicas}). Use a multiple of {replicas}."
-        )
+    check_batch_divisible(train.train_batch_size, strategy.num_replicas_in_sync)
     schedule = compute_schedule(
         base_learning_rate=config.optimizer.learning_rate,
         learning_rate_scaling=config.optimizer.learning_rate_scaling,
