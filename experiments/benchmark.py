@@ -10,11 +10,19 @@ One run prints, for this machine:
   source image (counted from the convolutions and matmuls of the traced forward pass; a training
   step costs 2 views x 3 x forward: the backward pass is about twice the forward), the achieved
   GFLOP/s, the MFU (model FLOPs utilisation, the fraction of the measured peak), the CPU cores the
-  process actually got during the timed steps, and the number of traces of the step function (1
-  means no retracing);
+  process actually got during the timed steps, MFU per CPU-second (the same ratio computed from
+  CPU time instead of wall time, so that other jobs on the machine cancel out), and the number of
+  traces of the step function (1 means no retracing); before each model, a check that the traced
+  step holds no host callbacks (`py_function`, `tf.print`);
 - the input pipeline alone (`build_train_dataset`: two augmented views per image) at 32 and 224 px
-  in images/s, and whether it keeps up (at least 2x the fastest training step at that size);
+  in images/s, and whether it keeps up (at least 2x the images per CPU-second of the fastest
+  training step at that size);
 - the peak resident memory of the process.
+
+Experiments: `--fused_batch_norm` builds the encoder with `FusedBatchNormalization` (TensorFlow's
+fused kernel instead of Keras 3's composite batch norm), `--precision mixed_bfloat16` times the
+mixed-precision step, `--inter_op_threads` / `--intra_op_threads` set TensorFlow's thread pools,
+and environment variables (`XLA_FLAGS`, `TF_*`) apply as usual.
 
 The step is timed exactly as `model.fit` runs it: the compiled `model.make_train_function()` is
 called on device-resident tensors, after warm-up steps (the first call traces and compiles), and the
@@ -26,7 +34,8 @@ Usage:
 python experiments/benchmark.py                       # the full table, < 10 minutes on 2 CPU cores
 python experiments/benchmark.py --quick               # tiny sizes: a smoke run in about a minute
 python experiments/benchmark.py --models=resnet18_cifar32 --no_xla --steps=5
-python experiments/benchmark.py --models=resnet18_cifar32 --profile_dir=/tmp/prof   # where time goes
+python experiments/benchmark.py --fused_batch_norm --no_xla --no_pipeline         # the BN-fusion gain
+python experiments/benchmark.py --models=resnet18_cifar32 --no_xla --no_peak --profile_dir=/tmp/prof
 ```
 
 Timings on a machine shared with other jobs are noisy: the table reports the load average and
