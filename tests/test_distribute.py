@@ -459,3 +459,5 @@ def test_strategies_match_the_config():
 
     for name in distribute.STRATEGIES:
         RuntimeConfig(strategy=name).validate()
+    with pytest.raises(ValueError, match="strategy"):
+        RuntimeConfig(strategy="bogus").validate()
