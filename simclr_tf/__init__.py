@@ -1,3 +1,41 @@
-"""simclr_tf: SimCLR (v1 and v2) in Keras 3 / TensorFlow."""
+"""simclr_tf: SimCLR (v1 and v2) in Keras 3 / TensorFlow.
+
+The supported names are re-exported here and loaded on first use, so that `import simclr_tf`
+(and the CLI's flag checking) does not pay for importing TensorFlow.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "simclr_tf.config",
+    "load_config": "simclr_tf.config",
+    "save_config": "simclr_tf.config",
+    "nt_xent": "simclr_tf.losses",
+    "LARS": "simclr_tf.optimizers",
+    "WarmupCosineDecay": "simclr_tf.optimizers",
+    "build_optimizer": "simclr_tf.optimizers",
+    "compute_schedule": "simclr_tf.optimizers",
+    "build_resnet": "simclr_tf.models.resnet",
+    "ProjectionHead": "simclr_tf.models.heads",
+    "SupervisedHead": "simclr_tf.models.heads",
+    "SimCLRModel": "simclr_tf.models.simclr",
+    "load_source": "simclr_tf.data.sources",
+    "two_views": "simclr_tf.data.augment",
+    "make_strategy": "simclr_tf.distribute",
+    "export_model": "simclr_tf.export",
+    "knn_predict": "simclr_tf.evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'simclr_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -62,3 +62,17 @@ def test_low_level_modules_do_not_import_the_wiring():
 def test_the_package_has_modules():
     names = {name for name, _ in _modules()}
     assert {"config"} <= names
+
+
+def test_public_api_resolves_lazily():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, simclr_tf; assert 'tensorflow' not in sys.modules; "
+            "names = [getattr(simclr_tf, n) for n in simclr_tf.__all__]; "
+            "assert simclr_tf.SimCLRModel.__name__ == 'SimCLRModel'; print(len(names))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip().splitlines()[-1]) == len(__import__("simclr_tf").__all__)
