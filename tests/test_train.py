@@ -39,6 +39,20 @@ def test_cli_writes_the_expected_files_and_resumes(tmp_path):
     assert "Linear-eval accuracy" in first.stdout or "top-1" in first.stdout
     assert os.path.join(model_dir, "result.json") in first.stdout
 
+    # Export again from the checkpoint with the export CLI: same step, heads included.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    exported = subprocess.run(
+        [sys.executable, "-m", "simclr_tf.export", f"--model_dir={model_dir}",
+         f"--export_dir={tmp_path / 'exports'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    import tensorflow as tf
+
+    module = tf.saved_model.load(str(tmp_path / "exports" / "4"))
+    features = module(tf.zeros([2, 16, 16, 3]), training=False)
+    assert features["logits_sup"].shape == (2, 10) and features["final_avg_pool"].shape == (2, 512)
+
     second = _run_cli(f"--flagfile={smoke}", f"--model_dir={model_dir}", "--train_steps=6",
                       "--checkpoint_steps=2", "--linear_eval_epochs=0")
     assert second.returncode == 0, second.stderr[-3000:]
