@@ -159,10 +159,7 @@ class SimCLRModel(keras.Model):
         features["proj_head_input"] = h
         features["proj_head_output"] = projection
         if self.supervised_head is not None:
-            if self.train_mode == "finetune":
-                head_input = hiddens[self.ft_proj_selector]
-            else:
-                head_input = tf.stop_gradient(h)
+            head_input = self._supervised_head_input(h, hiddens)
             features["logits_sup"] = self.supervised_head(head_input, training=training)
         return features
 
