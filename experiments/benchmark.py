@@ -19,8 +19,8 @@ One run prints, for this machine:
   training step at that size);
 - the peak resident memory of the process.
 
-Experiments: `--fused_batch_norm` builds the encoder with `FusedBatchNormalization` (TensorFlow's
-fused kernel instead of Keras 3's composite batch norm), `--precision mixed_bfloat16` times the
+Experiments: `--keras_batch_norm` builds the encoder with Keras 3's composite batch norm instead of
+our fused-kernel layer (the gain of the fusion), `--precision mixed_bfloat16` times the
 mixed-precision step, `--inter_op_threads` / `--intra_op_threads` set TensorFlow's thread pools,
 and environment variables (`XLA_FLAGS`, `TF_*`) apply as usual.
 
@@ -34,7 +34,7 @@ Usage:
 python experiments/benchmark.py                       # the full table, < 10 minutes on 2 CPU cores
 python experiments/benchmark.py --quick               # tiny sizes: a smoke run in about a minute
 python experiments/benchmark.py --models=resnet18_cifar32 --no_xla --steps=5
-python experiments/benchmark.py --fused_batch_norm --no_xla --no_pipeline         # the BN-fusion gain
+python experiments/benchmark.py --keras_batch_norm --no_xla --no_pipeline         # without BN fusion
 python experiments/benchmark.py --models=resnet18_cifar32 --no_xla --no_peak --profile_dir=/tmp/prof
 ```
 
@@ -263,68 +263,29 @@ def measure_peak(
     return results
 
 
-# --- experiment: fused batch norm --------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="simclr_tf_benchmark")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """`BatchNormalization` whose training pass on 4-D NHWC inputs is TensorFlow's fused kernel.
-
-    Keras 3 computes batch norm from `moments` and element-wise ops (about ten kernels forward and
-    more backward, each a pass over the activation); `FusedBatchNormV3` does the forward in one
-    kernel and its gradient in one more (oneDNN's on x86). Same results as the parent class: the
-    kernel returns the unbiased batch variance, which is rescaled to the biased one Keras' moving
-    average uses. Inference, masks, other ranks and cross-replica (`synchronized` with several
-    replicas) batch norm take the parent's path.
-
-    This is the experiment behind `--fused_batch_norm`; it belongs in `simclr_tf/models/resnet.py`
-    if adopted.
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        fusable = (
-            training
-            and self.trainable
-            and mask is None
-            and not self.renorm
-            and len(inputs.shape) == 4
-            and self.axis in (-1, 3, [3], [-1])
-            and not (self.synchronized and replicas > 1)
-        )
-        if not fusable:
-            return super().call(inputs, training=training, mask=mask)
-        channels = inputs.shape[-1]
-        x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(inputs, tf.float32)
-        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
-        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
-        y, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
-            x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
-        )
-        count = tf.cast(tf.size(x) // channels, tf.float32)  # B * H * W values per channel
-        variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-        )
-        return tf.cast(y, self.compute_dtype)
+# --- experiment: Keras' composite batch norm ---------------------------------------------------------
 
 
 @contextlib.contextmanager
-def fused_batch_norm_in_resnet():
-    """Within this context, `build_resnet` makes `FusedBatchNormalization` layers for its batch norms."""
+def keras_batch_norm_in_resnet():
+    """Within this context, `build_resnet` makes Keras' own `BatchNormalization` layers.
+
+    The encoder normally uses `simclr_tf.models.batch_norm.BatchNormalization` (TensorFlow's fused
+    kernel for the training pass); `--keras_batch_norm` times the step with Keras 3's composite
+    batch norm instead, to show what the fusion gains.
+    """
     from simclr_tf.models import resnet
 
     original = resnet._batch_norm
 
-    def fused(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
-        return FusedBatchNormalization(
+    def composite(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
+        return keras.layers.BatchNormalization(
             axis=-1, momentum=batch_norm_decay, epsilon=resnet.BATCH_NORM_EPSILON, center=center,
             gamma_initializer="zeros" if zero_init else "ones", synchronized=global_bn, name=name,
             dtype=dtype,
         )
 
-    resnet._batch_norm = fused
+    resnet._batch_norm = composite
     try:
         yield
     finally:
@@ -340,7 +301,7 @@ def build_train_model(
     jit_compile: bool,
     global_bn: bool | None = None,
     num_classes: int = 10,
-    fused_batch_norm: bool = False,
+    keras_batch_norm: bool = False,
 ) -> SimCLRModel:
     """A compiled SimCLR model as `simclr_tf.train` builds it (LARS, warm-up + cosine, online linear head).
 
@@ -349,13 +310,13 @@ def build_train_model(
         jit_compile: compile the train step with XLA.
         global_bn: synchronised batch norm; `None` takes `ModelConfig`'s default.
         num_classes: classes of the online linear head (0: none).
-        fused_batch_norm: build the encoder with `FusedBatchNormalization` (an experiment).
+        keras_batch_norm: build the encoder with Keras' composite batch norm (an experiment).
 
     Returns:
         The built, compiled `SimCLRModel` with its optimizer built.
     """
     defaults = ModelConfig()
-    with fused_batch_norm_in_resnet() if fused_batch_norm else contextlib.nullcontext():
+    with keras_batch_norm_in_resnet() if keras_batch_norm else contextlib.nullcontext():
         model = _simclr_model(case, defaults, global_bn, num_classes)
     model(tf.zeros([1, case.image_size, case.image_size, 3]), training=False)
     learning_rate = WarmupCosineDecay(0.3 * case.batch_size / 256, warmup_steps=10, total_steps=1000)
@@ -652,7 +613,7 @@ def _clear_session() -> None:
 
 def run_step_benchmarks(
     cases: Sequence[Case], jit_modes: Sequence[bool], *, warmup_steps: int, steps: int,
-    max_seconds: float | None = None, global_bn: bool | None = None, fused_batch_norm: bool = False,
+    max_seconds: float | None = None, global_bn: bool | None = None, keras_batch_norm: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[StepRow]:
     """Times the training step of every case in every XLA mode (a fresh model each)."""
@@ -662,7 +623,7 @@ def run_step_benchmarks(
         for jit_compile in jit_modes:
             _clear_session()
             model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
-                                      fused_batch_norm=fused_batch_norm)
+                                      keras_batch_norm=keras_batch_norm)
             batch = synthetic_batch(case.batch_size, case.image_size)
             if forward_flops is None:
                 forward_flops = model_flops_per_image(model, case.image_size)
@@ -731,8 +692,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="stop timing a case after this many seconds of timed steps (>= 1 step)")
     parser.add_argument("--global_bn", choices=("default", "on", "off"), default="default",
                         help="synchronised batch norm (default: ModelConfig's)")
-    parser.add_argument("--fused_batch_norm", action="store_true",
-                        help="experiment: the encoder's batch norms use TensorFlow's fused kernel")
+    parser.add_argument("--keras_batch_norm", action="store_true",
+                        help="experiment: the encoder uses Keras' composite batch norm instead of the "
+                             "fused kernel")
     parser.add_argument("--inter_op_threads", type=int, default=0,
                         help="tf.config.threading inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--intra_op_threads", type=int, default=0,
@@ -774,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     keras.mixed_precision.set_global_policy(args.precision)
     print(f"simclr_tf benchmark: TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores, precision {args.precision}"
-          f"{', fused batch norm' if args.fused_batch_norm else ''}; {load_average()}", flush=True)
+          f"{', Keras composite batch norm' if args.keras_batch_norm else ''}; {load_average()}", flush=True)
     started = time.perf_counter()
 
     peak_gflops, peak_per_cpu = args.peak, None
@@ -799,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("\ntraining steps (warm-up excluded):", flush=True)
         rows = run_step_benchmarks(cases, jit_modes, warmup_steps=args.warmup_steps, steps=args.steps,
                                    max_seconds=args.max_seconds_per_case, global_bn=global_bn,
-                                   fused_batch_norm=args.fused_batch_norm)
+                                   keras_batch_norm=args.keras_batch_norm)
         print()
         print(format_table(rows, peak_gflops, peak_per_cpu))
         print(f"  ({load_average()}; 'cores': CPU time / wall time of the process during the timed steps)")
@@ -835,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             for jit_compile in jit_modes:
                 _clear_session()
                 model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
-                                          fused_batch_norm=args.fused_batch_norm)
+                                          keras_batch_norm=args.keras_batch_norm)
                 batch = synthetic_batch(case.batch_size, case.image_size)
                 logdir = os.path.join(args.profile_dir, f"{case.name}_xla_{'on' if jit_compile else 'off'}")
                 summary = profile_train_step(model, batch, logdir)

@@ -177,41 +177,24 @@ def test_main_quick():
     assert result["rows"][0].timing.traces == 1
 
 
-# --- fused batch norm experiment -----------------------------------------------------------------------
+# --- Keras batch norm experiment ----------------------------------------------------------------------
 
 
-def test_fused_batch_norm_matches_keras():
-    x = tf.random.stateless_normal((4, 5, 5, 3), seed=(1, 2)) * 2.0 + 1.0
-    layers = [cls(momentum=0.9, epsilon=1e-5) for cls in (keras.layers.BatchNormalization,
-                                                          benchmark.FusedBatchNormalization)]
-    results = []
-    for layer in layers:
-        layer.build(x.shape)
-        layer.gamma.assign([0.5, 1.0, 2.0])
-        layer.beta.assign([0.1, -0.2, 0.3])
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)
-            loss = tf.reduce_sum(y * tf.reshape(tf.range(75 * 4, dtype=tf.float32), y.shape) / 100.0)
-        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
-        results.append([y, layer.moving_mean, layer.moving_variance, *grads])
-    for keras_value, fused_value in zip(*results, strict=True):
-        np.testing.assert_allclose(fused_value.numpy(), np.asarray(keras_value), rtol=1e-4, atol=1e-4)
-    # The moving variance follows the biased batch variance (as Keras'), checked against NumPy.
-    biased = np.var(x.numpy().reshape(-1, 3), axis=0)
-    np.testing.assert_allclose(layers[1].moving_variance.numpy(), 0.9 + 0.1 * biased, rtol=1e-5)
-    # Inference uses the moving statistics, like the parent class.
-    np.testing.assert_allclose(layers[1](x, training=False), layers[0](x, training=False),
-                               rtol=1e-5, atol=1e-5)
+def test_keras_batch_norm_in_resnet_is_scoped():
+    from simclr_tf.models.batch_norm import BatchNormalization as FusedBatchNormalization
 
-
-def test_fused_batch_norm_in_resnet_is_scoped():
     case = benchmark.Case("tiny", 18, 8, 2, True)
-    model = benchmark.build_train_model(case, jit_compile=False, global_bn=False, fused_batch_norm=True)
-    batch_norms = [layer for layer in model.encoder.layers if "batch_norm" in layer.name]
-    assert batch_norms and all(isinstance(layer, benchmark.FusedBatchNormalization) for layer in batch_norms)
-    plain = benchmark.build_train_model(case, jit_compile=False, global_bn=False)
-    assert not any(isinstance(layer, benchmark.FusedBatchNormalization) for layer in plain.encoder.layers)
+
+    def batch_norms(model):
+        return [layer for layer in model.encoder.layers if "batch_norm" in layer.name]
+
+    composite = benchmark.build_train_model(case, jit_compile=False, global_bn=False, keras_batch_norm=True)
+    assert batch_norms(composite)
+    assert all(type(layer) is keras.layers.BatchNormalization for layer in batch_norms(composite))
+    # Outside the context the encoder is built with the fused layer again.
+    default = benchmark.build_train_model(case, jit_compile=False, global_bn=False)
+    assert len(batch_norms(default)) == len(batch_norms(composite))
+    assert all(type(layer) is FusedBatchNormalization for layer in batch_norms(default))
 
 
 def test_clear_session_keeps_the_precision():

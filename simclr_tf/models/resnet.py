@@ -46,6 +46,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from simclr_tf.models.batch_norm import BatchNormalization
+
 BATCH_NORM_EPSILON = 1e-5
 
 # depth -> (block type, number of blocks in each of the four block groups)
@@ -78,7 +80,8 @@ def _conv_initializer():
 
 
 def _batch_norm(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
-    return layers.BatchNormalization(
+    # Keras' layer with TensorFlow's fused kernel for the training pass (see batch_norm.py).
+    return BatchNormalization(
         axis=-1,
         momentum=batch_norm_decay,
         epsilon=BATCH_NORM_EPSILON,
