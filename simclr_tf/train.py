@@ -591,8 +591,19 @@ def train(config: Config, strategy=None) -> dict:
     keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if train_config.precision != "float32":
-        keras.mixed_precision.set_global_policy(train_config.precision)
+    # The dtype policy is global state: set the run's for its models, and give the caller's back
+    # (a float32 run after a mixed-precision one in the same process must be float32).
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(train_config.precision)
+    try:
+        return _run(config, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(config: Config, strategy) -> dict:
+    """`train` once the run's global state (seed, determinism, dtype policy) is set."""
+    train_config = config.train
     chief = is_chief(strategy)
     if chief:
         save_config(config, train_config.model_dir)

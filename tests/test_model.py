@@ -179,3 +179,46 @@ def test_checkpoint_round_trip_restores_every_weight(tmp_path):
     assert len(fresh.weights) == len(model.weights)
     for got, want in zip(fresh.weights, model.weights, strict=True):
         np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_step_matches_float32(policy):
+    """`--precision`: low-precision activations, float32 variables and loss, the float32 step's update."""
+    keras.utils.set_random_seed(7)
+    reference = _compile(_model(num_classes=0), name="momentum", learning_rate=0.1, weight_decay=0.0)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = _model(num_classes=0)
+        optimizer = build_optimizer("momentum", 0.1, weight_decay=0.0)
+        if policy == "mixed_float16":  # as train.py: float16 needs loss scaling
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        model.compile(optimizer=optimizer)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.set_weights(reference.get_weights())
+    data = _views(seed=2)
+    compute_dtype = policy.removeprefix("mixed_")
+    features = model(tf.concat(data[0], 0), training=False)
+    assert features["final_avg_pool"].dtype == compute_dtype
+    assert all(v.dtype == "float32" for v in model.weights)
+    loss = model._forward_losses(data, training=False)
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(float(loss), float(reference._forward_losses(data, training=False)), rtol=2e-2)
+
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    metrics = model.train_step(data)
+    reference_metrics = reference.train_step(data)
+    np.testing.assert_allclose(float(metrics["contrastive_loss"]),
+                               float(reference_metrics["contrastive_loss"]), rtol=2e-2)
+    # The update (-learning rate x gradient) points the float32 step's way and has its size: under
+    # mixed_float16 the loss scale (2**15) has been divided out again.
+    update = np.concatenate([(v.numpy() - b).ravel() for v, b in zip(model.trainable_variables, before,
+                                                                      strict=True)])
+    reference_update = np.concatenate([(v.numpy() - b).ravel() for v, b in
+                                       zip(reference.trainable_variables, before, strict=True)])
+    assert np.all(np.isfinite(update))
+    cosine = update @ reference_update / (np.linalg.norm(update) * np.linalg.norm(reference_update))
+    assert cosine > 0.99
+    np.testing.assert_allclose(np.linalg.norm(update), np.linalg.norm(reference_update), rtol=0.05)

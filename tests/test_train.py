@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from simclr_tf.config import Config, DataConfig, TrainConfig
 from simclr_tf.train import train
@@ -93,6 +95,18 @@ def test_eval_mode_reproduces_the_in_memory_accuracy(tmp_path):
     assert trained["eval_examples"] == evaluated["eval_examples"] == 360
     np.testing.assert_allclose(evaluated["eval_top1"], trained["eval_top1"], atol=1e-6)
     np.testing.assert_allclose(evaluated["eval_loss"], trained["eval_loss"], rtol=1e-5)
+
+
+def test_mixed_precision_run_leaves_float32_for_the_next(tmp_path):
+    results = train(_tiny_config(str(tmp_path / "mixed"), precision="mixed_bfloat16", linear_eval_epochs=0))
+    assert np.isfinite(results["train_loss"]) and 0.0 <= results["eval_top1"] <= 1.0
+    # Checkpointed variables are float32 (the policy only lowers the computation).
+    reader = tf.train.load_checkpoint(results["checkpoint"])
+    dtypes = reader.get_variable_to_dtype_map()
+    assert dtypes and all(dtype in (tf.float32, tf.int64) for name, dtype in dtypes.items()
+                          if "OBJECT_GRAPH" not in name), {n: d for n, d in dtypes.items() if d != tf.float32}
+    # The caller's policy is back: a float32 run after it computes in float32.
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 @pytest.mark.slow
