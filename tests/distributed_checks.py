@@ -300,6 +300,7 @@ def check_bn_stats(args):
 def _bn_stats(strategy, global_bn, seed):
     import keras
 
+    from simclr_tf.models.batch_norm import BatchNormalization
     from simclr_tf.models.resnet import build_resnet
 
     replicas = strategy.num_replicas_in_sync
@@ -311,7 +312,8 @@ def _bn_stats(strategy, global_bn, seed):
     x = (rng.normal(size=(batch, 2, 2, channels)) * scale + scale).astype(np.float32)
 
     with strategy.scope():
-        layer = keras.layers.BatchNormalization(momentum=momentum, synchronized=global_bn)
+        # The encoder's layer: fused per replica, Keras' all-reduced path when synchronized.
+        layer = BatchNormalization(momentum=momentum, synchronized=global_bn)
         layer.build((None, 2, 2, channels))
 
     @tf.function
