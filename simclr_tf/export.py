@@ -19,7 +19,9 @@ inference *and* fine-tuned by downstream code:
 
 Next to it, `encoder.keras` holds the encoder as a Keras 3 model that
 `keras.saving.load_model` reads back (safe mode on: it contains no Python code; import
-`simclr_tf` first when the encoder uses selective kernels or squeeze-excitation layers).
+`simclr_tf` first when the encoder uses selective kernels or squeeze-excitation layers). Its batch
+norms are Keras' own `BatchNormalization` (the fused layer the encoder trains with is an
+implementation detail), so plain Keras 3 loads every other encoder without `simclr_tf`.
 
 Exports go to `<export_dir>/<global step>/`, written to a temporary directory first and renamed
 into place, so a reader never sees half an export; the newest `keep` exports are kept.
@@ -144,7 +146,7 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
     module = build_export_module(model, include_heads=include_heads)
     serving = module.call_inference.get_concrete_function()
     tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
-    model.encoder.save(os.path.join(tmp, KERAS_FILE))
+    with_keras_batch_norm(model.encoder).save(os.path.join(tmp, KERAS_FILE))
     if image_size:
         with open(os.path.join(tmp, "image_size.txt"), "w", encoding="utf-8") as f:
             f.write(f"{int(image_size)}\n")
@@ -154,6 +156,29 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
     os.replace(tmp, final)
     _prune(export_dir, keep)
     return {"saved_model": final, "keras_file": os.path.join(final, KERAS_FILE)}
+
+
+def with_keras_batch_norm(encoder):
+    """The encoder with Keras' own `BatchNormalization` in place of `simclr_tf`'s fused subclass.
+
+    Layers other than the batch norms are shared with `encoder`, not copied (no second set of
+    weights for a large model); each batch norm becomes a Keras layer of the same config holding a
+    copy of its four weights. Batch norms inside custom layers (selective kernels) stay, as the
+    custom layer needs `simclr_tf` to load anyway.
+    """
+    import keras
+
+    from simclr_tf.models.batch_norm import BatchNormalization
+
+    def clone(layer):
+        if type(layer) is not BatchNormalization:
+            return layer
+        plain = keras.layers.BatchNormalization.from_config(layer.get_config())
+        plain.build_from_config(layer.get_build_config())
+        plain.set_weights(layer.get_weights())
+        return plain
+
+    return keras.models.clone_model(encoder, clone_function=clone)
 
 
 def _prune(export_dir, keep):

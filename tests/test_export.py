@@ -2,6 +2,8 @@
 Keras 3's TFSMLayer, TF Hub's KerasLayer (tf-keras) and a Keras 3 `.keras` file."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -135,6 +137,38 @@ def test_keras_file_loads_and_fine_tunes(exported):
     history = classifier.fit(images, labels, epochs=4, batch_size=4, verbose=0)
     assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, encoder.trainable_weights, strict=True))
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+_PLAIN_KERAS_LOAD = """
+import sys
+import numpy as np
+import keras
+assert "simclr_tf" not in sys.modules
+encoder = keras.saving.load_model(sys.argv[1])
+features = encoder(np.load(sys.argv[2]), training=False)
+np.savez(sys.argv[3], **{name: np.asarray(value) for name, value in features.items()})
+print(sorted({type(layer).__module__.split(".")[0] for layer in encoder.layers}))
+"""
+
+
+def test_keras_file_loads_in_plain_keras(exported, tmp_path):
+    # A downstream user's process that never imports simclr_tf (and could not: it is not on the
+    # path) loads the file: its batch norms are Keras' own, not the fused subclass.
+    model, _, written = exported
+    images = _images((3, 16, 16, 3), seed=4)
+    np.save(tmp_path / "images.npy", images)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _PLAIN_KERAS_LOAD, written["keras_file"], str(tmp_path / "images.npy"),
+         str(tmp_path / "features.npz")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[-2] == "['keras']"
+    got = np.load(tmp_path / "features.npz")
+    expected = model.encoder(images, training=False)
+    for name in FEATURE_NAMES:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, err_msg=name)
 
 
 def test_export_keeps_newest(tmp_path):

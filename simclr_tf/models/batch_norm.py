@@ -1,16 +1,15 @@
 """Batch normalization whose training pass is TensorFlow's fused kernel.
 
 Keras 3's `BatchNormalization` computes a training-mode batch norm from `moments` and element-wise
-ops: about ten kernels forward and more backward, each a full pass over the activation. On a CPU
-that is 7% of a ResNet-18 training step at 32 px, and most of what stands between the step and the
-machine's peak. `FusedBatchNormV3` does the forward in one kernel and its gradient in one more
-(oneDNN's on x86, cuDNN's on GPUs): `experiments/benchmark.py --keras_batch_norm` shows the
-whole training step 1.2x faster for ResNet-18 and 1.3-1.4x for ResNet-50 with it.
+ops: about ten kernels forward and more backward, each a full pass over the activation.
+`FusedBatchNormV3` does the forward in one kernel and its gradient in one more (oneDNN's on x86,
+cuDNN's on GPUs). On this project's 2-core CPU that makes the whole training step 1.2x faster for
+ResNet-18 and 1.3-1.4x for ResNet-50 (`experiments/benchmark.py` against `--keras_batch_norm`).
 
 `BatchNormalization` here is a drop-in subclass of Keras' layer: the same arguments, variables
 (`gamma`, `beta`, `moving_mean`, `moving_variance`), moving-average rule, checkpoints and saved
 configs, and the same numbers up to float32 rounding (`tests/test_batch_norm.py`). Only the
-training-mode forward of a 4-D channels-last input takes the fused kernel; everything else is the
+training pass of a 4-D channels-last input takes the fused kernel; everything else is the
 parent's code:
 
 - inference (`training=False`, or the layer frozen with `trainable = False`);
