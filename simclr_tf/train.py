@@ -103,9 +103,7 @@ def _train_dataset(config: Config, source: sources.Source, strategy, start_step:
             start_step=start_step,
         )
 
-    if strategy.num_replicas_in_sync == 1 and not _is_multi_worker(strategy):
-        return make(None)
-    return strategy.distribute_datasets_from_function(make)
+    return _distribute(make, strategy)
 
 
 def _eval_dataset(config: Config, source: sources.Source, strategy):
@@ -118,6 +116,11 @@ def _eval_dataset(config: Config, source: sources.Source, strategy):
             cache=config.data.cache_dataset,
         )
 
+    return _distribute(make, strategy)
+
+
+def _distribute(make, strategy):
+    """`make(input_context)`'s dataset, one shard per input pipeline when the strategy has several."""
     if strategy.num_replicas_in_sync == 1 and not _is_multi_worker(strategy):
         return make(None)
     return strategy.distribute_datasets_from_function(make)
