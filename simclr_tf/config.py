@@ -5,6 +5,12 @@ exists (`--temperature` -> `LossConfig.temperature` -> `nt_xent(temperature=)`),
 field and a keyword argument are the same word. This module imports no TensorFlow: the CLI can
 validate a whole run before the (slow) TensorFlow import.
 
+The defaults are the quickstart (`python -m simclr_tf.run` with no flags: SimCLR on the built-in
+digits with a ResNet-18), and they are the CLI's defaults too: `simclr_tf.cli.run` reads them from
+here, so the two cannot drift. The paper's recipes are flagfiles in `experiments/`. This module also
+holds every allowed-value list (`RESNET_DEPTHS`, `OPTIMIZERS`, ...) that the modules implementing
+them import.
+
 Derived values that depend on several fields (augmentation defaults for small images, the CIFAR
 stem) are resolved in one place, `Config.resolved()`, so the rest of the code sees plain values.
 """
@@ -16,6 +22,8 @@ import json
 import math
 import os
 from typing import Any
+
+from simclr_tf.validation import check_one_of
 
 # Datasets we know without asking TFDS: name -> (native image size, number of classes).
 # Any other name is passed to TFDS as-is.
@@ -32,6 +40,18 @@ KNOWN_DATASETS = {
 
 SMALL_IMAGE_SIZE = 32  # at or below this the CIFAR recipe applies (paper, appendix B.9)
 
+# The vocabularies: every allowed-value list of simclr_tf, defined here once. The modules that
+# implement them import these names (the ResNet its depths, the heads their modes, ...).
+MODES = ("train", "eval", "train_then_eval")
+TRAIN_MODES = ("pretrain", "finetune")
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
+OPTIMIZERS = ("lars", "momentum", "adam")
+LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
+COLOR_JITTER_IMPLS = ("v1", "v2")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
 
 class ConfigError(ValueError):
     """A configuration value or combination is invalid. The message says how to fix it."""
@@ -43,10 +63,10 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:
-    _check(
-        value in allowed,
-        f"`{name}` must be one of {', '.join(map(repr, allowed))}. Received: {value!r}.",
-    )
+    try:
+        check_one_of(name, value, allowed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -139,10 +159,26 @@ class AugmentConfig:
     crop_min_area: float = 0.08
     random_flip: bool = True
 
+    def for_image_size(self, image_size: int) -> AugmentConfig:
+        """This config with every `None` filled by the paper's default for `image_size`.
+
+        At 32 px and below (CIFAR): colour strength 0.5 and no blur; above: 1.0 and blur
+        (paper, appendix B.9).
+        """
+        small = image_size <= SMALL_IMAGE_SIZE
+        return dataclasses.replace(
+            self,
+            color_jitter_strength=(
+                self.color_jitter_strength if self.color_jitter_strength is not None
+                else (0.5 if small else 1.0)
+            ),
+            use_blur=self.use_blur if self.use_blur is not None else not small,
+        )
+
     def validate(self) -> None:
         if self.color_jitter_strength is not None:
             _positive("color_jitter_strength", self.color_jitter_strength, allow_zero=True)
-        _one_of("color_jitter_impl", self.color_jitter_impl, ("v1", "v2"))
+        _one_of("color_jitter_impl", self.color_jitter_impl, COLOR_JITTER_IMPLS)
         _check(
             0.0 < self.crop_min_area <= 1.0,
             f"`crop_min_area` must be in (0, 1]. Received: {self.crop_min_area!r}.",
@@ -169,7 +205,7 @@ class ModelConfig:
         num_classes: classes of the supervised head; `None` takes it from the data.
     """
 
-    resnet_depth: int = 50
+    resnet_depth: int = 18
     width_multiplier: int = 1
     sk_ratio: float = 0.0
     se_ratio: float = 0.0
@@ -178,13 +214,13 @@ class ModelConfig:
     global_bn: bool = True
     proj_head_mode: str = "nonlinear"
     proj_out_dim: int = 128
-    num_proj_layers: int = 3
+    num_proj_layers: int = 2
     ft_proj_selector: int = 0
     zero_init_logits_layer: bool = False
     num_classes: int | None = None
 
     def validate(self) -> None:
-        _one_of("resnet_depth", self.resnet_depth, (18, 34, 50, 101, 152, 200))
+        _one_of("resnet_depth", self.resnet_depth, RESNET_DEPTHS)
         _check(
             isinstance(self.width_multiplier, int) and 1 <= self.width_multiplier <= 8,
             f"`width_multiplier` must be an integer from 1 to 8. Received: {self.width_multiplier!r}.",
@@ -195,7 +231,7 @@ class ModelConfig:
             0.0 < self.batch_norm_decay < 1.0,
             f"`batch_norm_decay` must be in (0, 1). Received: {self.batch_norm_decay!r}.",
         )
-        _one_of("proj_head_mode", self.proj_head_mode, ("none", "linear", "nonlinear"))
+        _one_of("proj_head_mode", self.proj_head_mode, PROJ_HEAD_MODES)
         _positive("proj_out_dim", self.proj_out_dim)
         _positive("num_proj_layers", self.num_proj_layers)
         _check(
@@ -216,7 +252,7 @@ class LossConfig:
         hidden_norm: L2-normalise the projections before the dot products (cosine similarity).
     """
 
-    temperature: float = 0.1
+    temperature: float = 0.5
     hidden_norm: bool = True
 
     def validate(self) -> None:
@@ -243,16 +279,16 @@ class OptimizerConfig:
     """
 
     optimizer: str = "lars"
-    learning_rate: float = 0.3
+    learning_rate: float = 1.0
     learning_rate_scaling: str = "linear"
-    warmup_epochs: float = 10.0
+    warmup_epochs: float = 2.0
     momentum: float = 0.9
-    weight_decay: float = 1e-6
+    weight_decay: float = 1e-4
     lars_eta: float = 0.001
 
     def validate(self) -> None:
-        _one_of("optimizer", self.optimizer, ("lars", "momentum", "adam"))
-        _one_of("learning_rate_scaling", self.learning_rate_scaling, ("linear", "sqrt", "none"))
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("learning_rate_scaling", self.learning_rate_scaling, LEARNING_RATE_SCALINGS)
         _positive("learning_rate", self.learning_rate)
         _positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
         _check(0.0 <= self.momentum < 1.0, f"`momentum` must be in [0, 1). Received: {self.momentum!r}.")
@@ -296,29 +332,29 @@ class TrainConfig:
     train_mode: str = "pretrain"
     lineareval_while_pretraining: bool = True
     fine_tune_after_block: int = -1
-    train_batch_size: int = 512
+    train_batch_size: int = 128
     eval_batch_size: int = 256
-    train_epochs: int = 100
+    train_epochs: int = 20
     train_steps: int = 0
     eval_steps: int = 0
     checkpoint_epochs: int = 1
     checkpoint_steps: int = 0
     keep_checkpoint_max: int = 5
     keep_hub_module_max: int = 1
-    model_dir: str = "/tmp/simclr_tf"
+    model_dir: str = "runs/digits_quickstart"
     checkpoint: str | None = None
     seed: int = 0
     jit_compile: bool = False
     precision: str = "float32"
     steps_per_execution: int = 1
     knn_every_epochs: int = 0
-    linear_eval_epochs: int = 0
+    linear_eval_epochs: int = 30
     linear_eval_learning_rate: float = 0.1
     deterministic: bool = False
 
     def validate(self) -> None:
-        _one_of("mode", self.mode, ("train", "eval", "train_then_eval"))
-        _one_of("train_mode", self.train_mode, ("pretrain", "finetune"))
+        _one_of("mode", self.mode, MODES)
+        _one_of("train_mode", self.train_mode, TRAIN_MODES)
         _check(
             -1 <= self.fine_tune_after_block <= 4,
             f"`fine_tune_after_block` must be in [-1, 4]. Received: {self.fine_tune_after_block!r}.",
@@ -346,7 +382,7 @@ class TrainConfig:
             "`linear_eval_learning_rate` must be positive. Received: "
             f"{self.linear_eval_learning_rate!r}.",
         )
-        _one_of("precision", self.precision, ("float32", "mixed_bfloat16", "mixed_float16"))
+        _one_of("precision", self.precision, PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +402,7 @@ class RuntimeConfig:
     gcp_project: str | None = None
 
     def validate(self) -> None:
-        _one_of("strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
+        _one_of("strategy", self.strategy, STRATEGIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,16 +451,7 @@ class Config:
 
     def resolved(self) -> Config:
         """Fills every `None` that means "the default for this data" with a concrete value."""
-        small = self.image_size <= SMALL_IMAGE_SIZE
-        augment = dataclasses.replace(
-            self.augment,
-            color_jitter_strength=(
-                self.augment.color_jitter_strength
-                if self.augment.color_jitter_strength is not None
-                else (0.5 if small else 1.0)
-            ),
-            use_blur=self.augment.use_blur if self.augment.use_blur is not None else not small,
-        )
+        augment = self.augment.for_image_size(self.image_size)
         model = dataclasses.replace(self.model, cifar_stem=self.uses_cifar_stem)
         data = dataclasses.replace(self.data, image_size=self.image_size)
         return dataclasses.replace(self, data=data, augment=augment, model=model)
