@@ -18,12 +18,18 @@ parent's code:
   statistics need an all-reduce that the fused kernel cannot do;
 - op determinism (`tf.config.experimental.enable_op_determinism()`), because the fused gradient
   with respect to `beta` is not deterministic on GPUs.
+
+The module also holds what every batch norm of the model shares: the original's epsilon
+(`BATCH_NORM_EPSILON`), the check of `batch_norm_decay`, and `make_batch_norm`, which builds a
+batch norm with the original's settings as this fused layer or as Keras' own.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+from simclr_tf.validation import check_number
 
 try:  # not in the public API (only the setter, `tf.config.experimental.enable_op_determinism`, is)
     from tensorflow.python.framework.config import is_op_determinism_enabled
@@ -32,6 +38,9 @@ except ImportError:  # pragma: no cover - a TensorFlow without it: assume determ
     def is_op_determinism_enabled() -> bool:
         return False
 
+
+# The original SimCLR code's batch-norm epsilon, in the encoder and in the projection head.
+BATCH_NORM_EPSILON = 1e-5
 
 _FUSABLE_DTYPES = (tf.float16, tf.bfloat16, tf.float32)
 
@@ -72,3 +81,44 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
         return tf.cast(outputs, self.compute_dtype)
+
+
+def check_batch_norm_decay(batch_norm_decay) -> float:
+    """`batch_norm_decay` as a float if it is in (0, 1).
+
+    Raises:
+        ValueError: naming the argument, the interval and the received value.
+    """
+    return check_number("batch_norm_decay", batch_norm_decay, low=0, high=1, low_inclusive=False,
+                        high_inclusive=False, hint="Use e.g. 0.9 (the momentum of the moving averages).")
+
+
+def make_batch_norm(name, batch_norm_decay, global_bn, *, zero_init=False, center=True, fused=True,
+                    dtype=None):
+    """A channels-last batch norm with the original's settings (`epsilon=BATCH_NORM_EPSILON`).
+
+    Args:
+        name: str. Layer name.
+        batch_norm_decay: float. Moving-average momentum.
+        global_bn: bool. Synchronise batch statistics across replicas (`synchronized`).
+        zero_init: bool. Start `gamma` at zero instead of one. Defaults to `False`.
+        center: bool. Learn `beta`. Defaults to `True`.
+        fused: bool. This module's `BatchNormalization` (TensorFlow's fused kernel for the
+            training pass) if True, Keras' own `keras.layers.BatchNormalization` if False. Both
+            have the same config and variables. Defaults to `True`.
+        dtype: dtype policy of the layer. Defaults to `None` (the global policy).
+
+    Returns:
+        The (unbuilt) layer.
+    """
+    cls = BatchNormalization if fused else keras.layers.BatchNormalization
+    return cls(
+        axis=-1,
+        momentum=batch_norm_decay,
+        epsilon=BATCH_NORM_EPSILON,
+        center=center,
+        gamma_initializer="zeros" if zero_init else "ones",
+        synchronized=global_bn,
+        name=name,
+        dtype=dtype,
+    )
