@@ -7,7 +7,13 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
 from simclr_tf.models import resnet
-from simclr_tf.models.batch_norm import BatchNormalization
+from simclr_tf.models.batch_norm import (
+    BATCH_NORM_EPSILON,
+    BatchNormalization,
+    check_batch_norm_decay,
+    make_batch_norm,
+)
+from simclr_tf.models.layers import SelectiveKernelConv2D
 
 GAMMA = [0.5, 1.0, 2.0]
 BETA = [0.1, -0.2, 0.3]
@@ -159,27 +165,64 @@ def test_op_determinism_takes_the_parent_path():
     assert _fused_ops(BatchNormalization(), (2, 4, 4, 3)) == ["FusedBatchNormV3"]
 
 
-def test_encoder_uses_it():
-    encoder = resnet.build_resnet(18, cifar_stem=True)
-    batch_norms = [layer for layer in encoder.layers if "batch_norm" in layer.name]
+def _all_batch_norms(model):
+    """Every batch norm of an encoder, the selective kernels' inner ones included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, SelectiveKernelConv2D):
+            found += [layer.batch_norm, layer.reduce_batch_norm]
+    return found
+
+
+@pytest.mark.parametrize("fused_batch_norm", [True, False])
+def test_encoder_uses_it_unless_told_not_to(fused_batch_norm):
+    encoder = resnet.build_resnet(18, cifar_stem=True, fused_batch_norm=fused_batch_norm)
+    batch_norms = _all_batch_norms(encoder)
     # Stem, two per basic block, and the projection shortcut of each block group's first block
     # (the original projects in block_group1 too).
     assert len(batch_norms) == 1 + 8 * 2 + 4
-    assert all(type(layer) is BatchNormalization for layer in batch_norms)
+    expected = BatchNormalization if fused_batch_norm else keras.layers.BatchNormalization
+    assert all(type(layer) is expected for layer in batch_norms)
+    assert all("batch_norm" in layer.name for layer in batch_norms)
+    assert _fused_ops(encoder, (2, 8, 8, 3)).count("FusedBatchNormV3") == (21 if fused_batch_norm else 0)
 
 
-def test_encoder_training_step_matches_keras_batch_norm(monkeypatch):
+@pytest.mark.parametrize("zero_init, center", [(False, True), (True, False)])
+def test_make_batch_norm_gives_the_same_layer_fused_or_not(zero_init, center):
+    fused = make_batch_norm("bn", 0.95, True, zero_init=zero_init, center=center)
+    plain = make_batch_norm("bn", 0.95, True, zero_init=zero_init, center=center, fused=False)
+    assert type(fused) is BatchNormalization and type(plain) is keras.layers.BatchNormalization
+    assert fused.get_config() == plain.get_config()
+    assert BATCH_NORM_EPSILON == 1e-5  # the original's
+    assert (plain.momentum, plain.epsilon, plain.center, plain.synchronized) == (0.95, 1e-5, center, True)
+    for layer in (fused, plain):
+        layer.build((None, 4, 4, 3))
+        np.testing.assert_array_equal(layer.gamma.numpy(), np.full(3, 0.0 if zero_init else 1.0))
+        assert [w.name for w in layer.weights] == (["gamma", "beta"] if center else ["gamma"]) + [
+            "moving_mean", "moving_variance"]
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 1.5, -0.1, True, "0.9", float("nan"), None])
+def test_check_batch_norm_decay(value):
+    with pytest.raises(ValueError, match=r"`batch_norm_decay` must be a number in \(0, 1\)\. Received: "
+                                         r"batch_norm_decay=.*e\.g\. 0\.9"):
+        check_batch_norm_decay(value)
+
+
+def test_check_batch_norm_decay_accepts_and_returns_a_float():
+    assert check_batch_norm_decay(0.9) == 0.9
+    assert type(check_batch_norm_decay(np.float32(0.5))) is float
+
+
+def test_encoder_training_step_matches_keras_batch_norm():
     # The same ResNet (SK convs and SE included) with Keras' batch norm: same features, gradients
     # and batch-norm statistics after a training pass.
     encoder = resnet.build_resnet(18, cifar_stem=True, sk_ratio=0.0625, se_ratio=0.25)
-
-    def keras_batch_norm(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
-        return keras.layers.BatchNormalization(momentum=batch_norm_decay, epsilon=resnet.BATCH_NORM_EPSILON,
-                                               center=center, synchronized=global_bn, name=name, dtype=dtype)
-
-    monkeypatch.setattr(resnet, "_batch_norm", keras_batch_norm)
-    reference = resnet.build_resnet(18, cifar_stem=True, sk_ratio=0.0625, se_ratio=0.25)
-    assert not any(isinstance(layer, BatchNormalization) for layer in reference.layers)
+    reference = resnet.build_resnet(18, cifar_stem=True, sk_ratio=0.0625, se_ratio=0.25,
+                                    fused_batch_norm=False)
+    assert not any(isinstance(layer, BatchNormalization) for layer in _all_batch_norms(reference))
     rng = np.random.default_rng(0)
     # Non-trivial batch-norm weights (zero-init gammas would hide the residual branches).
     reference.set_weights([rng.normal(1.0, 0.2, w.shape).astype("float32") if "gamma" in w.path

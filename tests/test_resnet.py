@@ -9,16 +9,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import RESNET_DEPTHS
+from simclr_tf.models import resnet
+from simclr_tf.models.batch_norm import BatchNormalization
+from simclr_tf.models.layers import SelectiveKernelConv2D, SqueezeExcitation
 from simclr_tf.models.resnet import (
     FEATURE_NAMES,
-    SelectiveKernelConv2D,
-    SqueezeExcitation,
+    RESNET_BLOCKS,
     build_resnet,
     freeze_up_to_block,
     resnet_output_dim,
 )
 
-EPS = 1e-5
+EPS = 1e-5  # the original's batch-norm epsilon
 
 # He et al. 2015, Table 1: depth -> (bottleneck blocks?, blocks per group).
 ARCHITECTURES = {
@@ -232,6 +235,12 @@ def test_resnet_output_dim():
     assert encoder(_images(1, 8), training=False)["final_avg_pool"].shape[-1] == resnet_output_dim(18, 2)
 
 
+def test_depths_are_the_configs_and_follow_he_et_al():
+    assert set(RESNET_BLOCKS) == set(RESNET_DEPTHS)
+    blocks = {depth: (kind == "bottleneck", groups) for depth, (kind, groups) in RESNET_BLOCKS.items()}
+    assert blocks == ARCHITECTURES
+
+
 # --- parameter counts -------------------------------------------------------------------------
 
 
@@ -361,6 +370,48 @@ def test_global_bn_is_synchronized_and_equals_local_bn_on_one_replica():
                                rtol=1e-3, atol=1e-4)
 
 
+# --- fused or Keras batch norm --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "depth, kwargs",
+    [(18, {"cifar_stem": True}), (50, {"cifar_stem": True, "sk_ratio": 0.0625, "se_ratio": 0.25})],
+)
+def test_fused_and_keras_batch_norm_build_the_same_network(tmp_path, depth, kwargs):
+    fused = build_resnet(depth, **kwargs)
+    plain = build_resnet(depth, fused_batch_norm=False, **kwargs)
+    assert [layer.name for layer in plain.layers] == [layer.name for layer in fused.layers]
+    def variables(model):
+        return [(w.path, tuple(w.shape)) for w in model.weights]
+
+    assert variables(plain) == variables(fused)
+    fused_bns, plain_bns = _batch_norm_layers(fused), _batch_norm_layers(plain)
+    assert len(plain_bns) == len(fused_bns) > 0  # selective kernels' inner batch norms included
+    assert all(type(bn) is BatchNormalization for bn in fused_bns)
+    assert all(type(bn) is keras.layers.BatchNormalization for bn in plain_bns)
+    for got, want in zip(plain_bns, fused_bns, strict=True):
+        assert got.get_config() == want.get_config()
+
+    # Same numbers in inference mode once the weights are the same.
+    rng = np.random.default_rng(6)
+    _randomise_batch_norm(fused, rng)
+    plain.set_weights(fused.get_weights())
+    x = _images(2, 9)
+    got, want = plain(x, training=False), fused(x, training=False)
+    for name in FEATURE_NAMES:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5, atol=1e-5)
+
+    # A checkpoint written by either restores into a freshly built encoder of the other kind.
+    _randomise_batch_norm(plain, rng)  # differ from `fused` from here on
+    for source, fused_batch_norm in ((fused, False), (plain, True)):
+        path = tf.train.Checkpoint(model=source).write(str(tmp_path / f"to_fused_{fused_batch_norm}"))
+        target = build_resnet(depth, fused_batch_norm=fused_batch_norm, **kwargs)
+        tf.train.Checkpoint(model=target).read(path).assert_consumed()
+        for got_weight, want_weight in zip(target.weights, source.weights, strict=True):
+            np.testing.assert_array_equal(np.asarray(got_weight), np.asarray(want_weight),
+                                          err_msg=want_weight.path)
+
+
 # --- freezing ---------------------------------------------------------------------------------
 
 
@@ -481,6 +532,7 @@ def test_custom_layer_config_round_trip():
     x = np.random.default_rng(4).normal(size=(2, 6, 6, 8)).astype("float32")
     for layer in (
         SelectiveKernelConv2D(4, strides=2, sk_ratio=0.5, min_dim=2, batch_norm_decay=0.99, global_bn=True),
+        SelectiveKernelConv2D(4, sk_ratio=0.5, min_dim=2, fused_batch_norm=False),
         SqueezeExcitation(filters=4, se_ratio=0.5),
     ):
         want = np.asarray(layer(x, training=False) if isinstance(layer, SelectiveKernelConv2D) else layer(x))
@@ -493,6 +545,32 @@ def test_custom_layer_config_round_trip():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
         assert type(restored) is type(layer) and restored.get_config() == config
+
+
+def test_selective_kernel_batch_norm_class_and_configs_saved_before_the_argument():
+    fused, plain = SelectiveKernelConv2D(8), SelectiveKernelConv2D(8, fused_batch_norm=False)
+    assert type(fused.batch_norm) is type(fused.reduce_batch_norm) is BatchNormalization
+    assert type(plain.batch_norm) is type(plain.reduce_batch_norm) is keras.layers.BatchNormalization
+    config = plain.get_config()
+    assert config["fused_batch_norm"] is False
+    assert SelectiveKernelConv2D.from_config(config).fused_batch_norm is False
+    # `.keras` files written before the argument existed have no such key: they load as they were
+    # built, with the fused layer.
+    del config["fused_batch_norm"]
+    restored = SelectiveKernelConv2D.from_config(config)
+    assert restored.fused_batch_norm is True and type(restored.batch_norm) is BatchNormalization
+
+
+def test_moved_names_are_still_importable_from_resnet_and_keep_their_registration():
+    from simclr_tf.models import batch_norm, layers
+
+    assert resnet.SelectiveKernelConv2D is layers.SelectiveKernelConv2D is SelectiveKernelConv2D
+    assert resnet.SqueezeExcitation is layers.SqueezeExcitation is SqueezeExcitation
+    assert resnet.BATCH_NORM_EPSILON is batch_norm.BATCH_NORM_EPSILON == EPS
+    # The names saved `.keras` files refer to.
+    assert keras.saving.get_registered_name(SelectiveKernelConv2D) == "simclr_tf>SelectiveKernelConv2D"
+    assert keras.saving.get_registered_name(SqueezeExcitation) == "simclr_tf>SqueezeExcitation"
+    assert keras.saving.get_registered_object("simclr_tf>SelectiveKernelConv2D") is SelectiveKernelConv2D
 
 
 def test_save_and_reload(tmp_path):
@@ -553,7 +631,10 @@ def test_mixed_precision():
         ((18, 1.5), {}, "`width_multiplier` must be a positive integer"),
         ((50,), {"sk_ratio": 1.0}, r"`sk_ratio` must be a number in \[0, 1\).*sk_ratio=1.0"),
         ((50,), {"se_ratio": -0.1}, r"`se_ratio` must be a number in \[0, 1\)"),
-        ((18,), {"batch_norm_decay": 1.0}, r"`batch_norm_decay` must be in \(0, 1\).*batch_norm_decay=1.0"),
+        ((50,), {"sk_ratio": "0.1"}, r"`sk_ratio` must be a number in \[0, 1\).*0 disables it"),
+        ((True,), {}, "`resnet_depth` must be one of .*Received: resnet_depth=True"),
+        ((18,), {"batch_norm_decay": 1.0},
+         r"`batch_norm_decay` must be a number in \(0, 1\).*batch_norm_decay=1.0"),
     ],
 )
 def test_build_resnet_rejects_bad_args(args, kwargs, match):
@@ -570,7 +651,7 @@ def test_layers_and_helpers_reject_bad_args():
         SelectiveKernelConv2D(0)
     with pytest.raises(ValueError, match="`strides` must be a positive integer"):
         SelectiveKernelConv2D(8, strides=0)
-    with pytest.raises(ValueError, match=r"`sk_ratio` must be in \(0, 1\).*sk_ratio=0"):
+    with pytest.raises(ValueError, match=r"`sk_ratio` must be a number in \(0, 1\).*sk_ratio=0"):
         SelectiveKernelConv2D(8, sk_ratio=0)
-    with pytest.raises(ValueError, match=r"`se_ratio` must be in \(0, 1\).*se_ratio=1.5"):
+    with pytest.raises(ValueError, match=r"`se_ratio` must be a number in \(0, 1\).*se_ratio=1.5"):
         SqueezeExcitation(8, 1.5)

@@ -5,15 +5,16 @@ The architecture follows the original SimCLR TensorFlow code (google-research/si
 - ResNet v1 with basic blocks (depths 18, 34) or bottleneck blocks (50, 101, 152, 200), the
   stride on the 3x3 convolution of a bottleneck ("v1.5"), convolutions without bias and
   `VarianceScaling()` initialisation (scale 1, fan-in, truncated normal), batch norm with
-  `epsilon=1e-5`, and the last batch-norm `gamma` of every residual branch set to zero so that
-  each block starts as the identity (up to the ReLU).
+  `epsilon=1e-5` (`BATCH_NORM_EPSILON`), and the last batch-norm `gamma` of every residual branch
+  set to zero so that each block starts as the identity (up to the ReLU).
 - "Fixed padding": a strided convolution pads its input symmetrically by `kernel_size - 1`
   (extra pixel at the end) and then runs VALID, so the geometry does not depend on the input
   size's parity. Stride-1 convolutions use SAME padding.
 - SimCLRv2's selective kernels (`sk_ratio > 0`) replace the 3x3 convolution of each bottleneck
   and switch on the ResNet-D tricks the original applies with them: a deep stem of three 3x3
   convolutions and a projection shortcut that average-pools before its 1x1 convolution.
-- Optional squeeze-excitation (`se_ratio > 0`) at the end of every residual branch.
+- Optional squeeze-excitation (`se_ratio > 0`) at the end of every residual branch. Both custom
+  layers, `SelectiveKernelConv2D` and `SqueezeExcitation`, live in `layers.py`.
 - As in the original, the first block of every block group has a projection shortcut, even in
   `block_group1` of ResNet-18/34 where the shapes already match. So ResNet-18 has 4,224 more
   parameters than torchvision's (a 64x64 1x1 convolution and its batch norm); bottleneck
@@ -44,11 +45,30 @@ References:
 from __future__ import annotations
 
 import keras
-from keras import layers, ops
+from keras import layers
 
-from simclr_tf.models.batch_norm import BatchNormalization
+from simclr_tf.config import RESNET_DEPTHS
+from simclr_tf.models.batch_norm import BATCH_NORM_EPSILON, check_batch_norm_decay, make_batch_norm
+from simclr_tf.models.layers import (
+    SelectiveKernelConv2D,
+    SqueezeExcitation,
+    conv_initializer,
+    fixed_padding,
+)
+from simclr_tf.validation import check_number, check_one_of, check_positive_int
 
-BATCH_NORM_EPSILON = 1e-5
+# The layers and the epsilon are defined in layers.py and batch_norm.py; callers may import them
+# from here, as they did before they moved.
+__all__ = [
+    "BATCH_NORM_EPSILON",
+    "FEATURE_NAMES",
+    "RESNET_BLOCKS",
+    "SelectiveKernelConv2D",
+    "SqueezeExcitation",
+    "build_resnet",
+    "freeze_up_to_block",
+    "resnet_output_dim",
+]
 
 # depth -> (block type, number of blocks in each of the four block groups)
 RESNET_BLOCKS = {
@@ -74,54 +94,12 @@ FEATURE_NAMES = (
 _BOTTLENECK_EXPANSION = 4
 
 
-def _conv_initializer():
-    # The original's tf.keras.initializers.VarianceScaling(): scale 1, fan-in, truncated normal.
-    return keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="truncated_normal")
-
-
 def _batch_norm(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
-    # Keras' layer with TensorFlow's fused kernel for the training pass (see batch_norm.py).
-    return BatchNormalization(
-        axis=-1,
-        momentum=batch_norm_decay,
-        epsilon=BATCH_NORM_EPSILON,
-        center=center,
-        gamma_initializer="zeros" if zero_init else "ones",
-        synchronized=global_bn,
-        name=name,
-        dtype=dtype,
-    )
-
-
-def _fixed_padding(kernel_size):
-    """Padding `((top, bottom), (left, right))` of the original's `FixedPadding`."""
-    pad_total = kernel_size - 1
-    pad_beg = pad_total // 2
-    pad_end = pad_total - pad_beg
-    return ((pad_beg, pad_end), (pad_beg, pad_end))
-
-
-def _check_depth(resnet_depth):
-    if isinstance(resnet_depth, bool) or resnet_depth not in RESNET_BLOCKS:
-        raise ValueError(
-            f"`resnet_depth` must be one of {', '.join(map(str, RESNET_BLOCKS))}. "
-            f"Received: resnet_depth={resnet_depth!r}."
-        )
-
-
-def _check_positive_int(arg_name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{arg_name}` must be a positive integer. Received: {arg_name}={value!r}."
-        )
-
-
-def _check_batch_norm_decay(batch_norm_decay):
-    if not 0.0 < batch_norm_decay < 1.0:
-        raise ValueError(
-            "`batch_norm_decay` must be in (0, 1), e.g. 0.9 (the momentum of the moving averages). "
-            f"Received: batch_norm_decay={batch_norm_decay!r}."
-        )
+    # The batch norm of `build_resnet(fused_batch_norm=True)`. A module-level name only because
+    # experiments/benchmark.py replaces it to time Keras' own layer; once it passes
+    # `fused_batch_norm=False` instead, the builder can call `make_batch_norm` directly.
+    return make_batch_norm(name, batch_norm_decay, global_bn, zero_init=zero_init, center=center,
+                           dtype=dtype)
 
 
 def resnet_output_dim(resnet_depth, width_multiplier=1):
@@ -144,253 +122,28 @@ def resnet_output_dim(resnet_depth, width_multiplier=1):
     >>> resnet_output_dim(50, 2)
     4096
     """
-    _check_depth(resnet_depth)
-    _check_positive_int("width_multiplier", width_multiplier)
+    check_one_of("resnet_depth", resnet_depth, RESNET_DEPTHS)
+    width_multiplier = check_positive_int("width_multiplier", width_multiplier)
     block_type, _ = RESNET_BLOCKS[resnet_depth]
     expansion = _BOTTLENECK_EXPANSION if block_type == "bottleneck" else 1
     return 512 * width_multiplier * expansion
 
 
-@keras.saving.register_keras_serializable(package="simclr_tf")
-class SelectiveKernelConv2D(keras.layers.Layer):
-    """Selective-kernel 3x3 convolution of SimCLRv2 (two 3x3 streams mixed by attention).
-
-    As in the original SimCLRv2 code, both streams are plain 3x3 convolutions (computed as one
-    convolution with `2 * filters` outputs, batch norm and ReLU, then split in two). A global
-    descriptor of their sum goes through a 1x1 convolution to `max(int(filters * sk_ratio),
-    min_dim)` channels, batch norm, ReLU and a 1x1 convolution back to `2 * filters`; a softmax
-    over the two streams gives per-channel mixing weights.
-
-    Args:
-        filters: int. Output channels.
-        strides: int. Stride of the 3x3 convolutions (fixed padding when > 1). Defaults to `1`.
-        sk_ratio: float. Reduction ratio of the attention branch. Defaults to `0.0625`.
-        min_dim: int. Smallest width of the attention branch. Defaults to `32`.
-        batch_norm_decay: float. Batch-norm moving-average momentum. Defaults to `0.9`.
-        global_bn: bool. Synchronise batch-norm statistics across replicas. Defaults to `False`.
-        **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
-
-    Call arguments:
-        inputs: tensor of shape `(batch_size, height, width, channels)`.
-        training: bool. Batch statistics (True) or moving averages (False) in batch norm.
-
-    Returns:
-        Tensor of shape `(batch_size, ceil(height / strides), ceil(width / strides), filters)`.
-
-    Example:
-
-    >>> layer = SelectiveKernelConv2D(64, strides=2)
-    >>> tuple(layer(keras.ops.ones((2, 8, 8, 16))).shape)
-    (2, 4, 4, 64)
-
-    References:
-        - [Li et al., 2019](https://arxiv.org/abs/1903.06586)
-        - [Chen et al., 2020 (SimCLRv2)](https://arxiv.org/abs/2006.10029)
-    """
-
-    def __init__(
-        self,
-        filters,
-        strides=1,
-        sk_ratio=0.0625,
-        min_dim=32,
-        batch_norm_decay=0.9,
-        global_bn=False,
-        **kwargs,
-    ):
-        for arg_name, value in (("filters", filters), ("strides", strides), ("min_dim", min_dim)):
-            _check_positive_int(arg_name, value)
-        if not 0.0 < sk_ratio < 1.0:
-            raise ValueError(
-                f"`sk_ratio` must be in (0, 1), e.g. 0.0625 as in SimCLRv2. Received: sk_ratio={sk_ratio!r}."
-            )
-        _check_batch_norm_decay(batch_norm_decay)
-        super().__init__(**kwargs)
-        self.filters = filters
-        self.strides = strides
-        self.sk_ratio = sk_ratio
-        self.min_dim = min_dim
-        self.batch_norm_decay = batch_norm_decay
-        self.global_bn = global_bn
-
-        self.mid_dim = max(int(filters * sk_ratio), min_dim)
-        self.pad = (
-            layers.ZeroPadding2D(_fixed_padding(3), name="pad", dtype=self.dtype_policy)
-            if strides > 1
-            else None
-        )
-        self.conv = layers.Conv2D(
-            2 * filters,
-            3,
-            strides=strides,
-            padding="valid" if strides > 1 else "same",
-            use_bias=False,
-            kernel_initializer=_conv_initializer(),
-            name="conv",
-            dtype=self.dtype_policy,
-        )
-        self.batch_norm = _batch_norm("batch_norm", batch_norm_decay, global_bn, dtype=self.dtype_policy)
-        self.reduce_conv = layers.Conv2D(
-            self.mid_dim,
-            1,
-            use_bias=False,
-            kernel_initializer=_conv_initializer(),
-            name="reduce_conv",
-            dtype=self.dtype_policy,
-        )
-        self.reduce_batch_norm = _batch_norm(
-            "reduce_batch_norm", batch_norm_decay, global_bn, dtype=self.dtype_policy
-        )
-        self.expand_conv = layers.Conv2D(
-            2 * filters,
-            1,
-            use_bias=False,
-            kernel_initializer=_conv_initializer(),
-            name="expand_conv",
-            dtype=self.dtype_policy,
-        )
-
-    def build(self, input_shape):
-        shape = input_shape
-        if self.pad is not None:
-            self.pad.build(shape)
-            shape = self.pad.compute_output_shape(shape)
-        self.conv.build(shape)
-        shape = self.conv.compute_output_shape(shape)
-        self.batch_norm.build(shape)
-        pooled_shape = (shape[0], 1, 1, self.filters)
-        self.reduce_conv.build(pooled_shape)
-        reduced_shape = (shape[0], 1, 1, self.mid_dim)
-        self.reduce_batch_norm.build(reduced_shape)
-        self.expand_conv.build(reduced_shape)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        x = inputs if self.pad is None else self.pad(inputs)
-        x = ops.relu(self.batch_norm(self.conv(x), training=training))
-        stream_a, stream_b = ops.split(x, 2, axis=-1)  # 2 x (B, H, W, filters)
-
-        descriptor = ops.mean(stream_a + stream_b, axis=(1, 2), keepdims=True)  # (B, 1, 1, filters)
-        descriptor = ops.relu(self.reduce_batch_norm(self.reduce_conv(descriptor), training=training))
-        logits_a, logits_b = ops.split(self.expand_conv(descriptor), 2, axis=-1)
-        weights = ops.softmax(ops.stack([logits_a, logits_b], axis=0), axis=0)  # (2, B, 1, 1, filters)
-        return stream_a * weights[0] + stream_b * weights[1]
-
-    def compute_output_shape(self, input_shape):
-        shape = input_shape
-        if self.pad is not None:
-            shape = self.pad.compute_output_shape(shape)
-        shape = self.conv.compute_output_shape(shape)
-        return (*shape[:-1], self.filters)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "strides": self.strides,
-                "sk_ratio": self.sk_ratio,
-                "min_dim": self.min_dim,
-                "batch_norm_decay": self.batch_norm_decay,
-                "global_bn": self.global_bn,
-            }
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="simclr_tf")
-class SqueezeExcitation(keras.layers.Layer):
-    """Squeeze-and-excitation: rescales channels by a gate computed from their global average.
-
-    The gate is `sigmoid(expand(relu(reduce(mean_hw(x)))))` with 1x1 convolutions (with bias):
-    `reduce` to `max(1, int(filters * se_ratio))` channels, `expand` back to the input's
-    channels. As in the original, `filters` is the block's base width (for a bottleneck block, a
-    quarter of its output channels).
-
-    Args:
-        filters: int. Base width that the reduction is computed from.
-        se_ratio: float. Reduction ratio, in (0, 1).
-        **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
-
-    Call arguments:
-        inputs: tensor of shape `(batch_size, height, width, channels)`.
-
-    Returns:
-        Tensor of the input's shape.
-
-    Example:
-
-    >>> layer = SqueezeExcitation(filters=16, se_ratio=0.25)
-    >>> tuple(layer(keras.ops.ones((2, 4, 4, 64))).shape)
-    (2, 4, 4, 64)
-
-    References:
-        - [Hu et al., 2017](https://arxiv.org/abs/1709.01507)
-    """
-
-    def __init__(self, filters, se_ratio, **kwargs):
-        _check_positive_int("filters", filters)
-        if not 0.0 < se_ratio < 1.0:
-            raise ValueError(
-                f"`se_ratio` must be in (0, 1), e.g. 0.25. Received: se_ratio={se_ratio!r}."
-            )
-        super().__init__(**kwargs)
-        self.filters = filters
-        self.se_ratio = se_ratio
-        self.reduce_dim = max(1, int(filters * se_ratio))
-        self.reduce_conv = layers.Conv2D(
-            self.reduce_dim,
-            1,
-            use_bias=True,
-            kernel_initializer=_conv_initializer(),
-            name="reduce_conv",
-            dtype=self.dtype_policy,
-        )
-        self.expand_conv = None  # its width is the input's channels, known in build()
-
-    def build(self, input_shape):
-        channels = input_shape[-1]
-        self.expand_conv = layers.Conv2D(
-            channels,
-            1,
-            use_bias=True,
-            kernel_initializer=_conv_initializer(),
-            name="expand_conv",
-            dtype=self.dtype_policy,
-        )
-        pooled_shape = (input_shape[0], 1, 1, channels)
-        self.reduce_conv.build(pooled_shape)
-        self.expand_conv.build((input_shape[0], 1, 1, self.reduce_dim))
-        self.built = True
-
-    def call(self, inputs):
-        gate = ops.mean(inputs, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
-        gate = self.expand_conv(ops.relu(self.reduce_conv(gate)))
-        return ops.sigmoid(gate) * inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"filters": self.filters, "se_ratio": self.se_ratio})
-        return config
-
-
 class _Builder:
     """Functional-graph helpers sharing the encoder's batch-norm and SK/SE settings."""
 
-    def __init__(self, sk_ratio, se_ratio, batch_norm_decay, global_bn):
+    def __init__(self, sk_ratio, se_ratio, batch_norm_decay, global_bn, fused_batch_norm):
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
         self.batch_norm_decay = batch_norm_decay
         self.global_bn = global_bn
+        self.fused_batch_norm = fused_batch_norm
 
     def conv(self, x, filters, kernel_size, strides, name):
         """Convolution with the original's fixed padding for strides > 1, no bias."""
         if strides > 1:
             if kernel_size > 1:
-                x = layers.ZeroPadding2D(_fixed_padding(kernel_size), name=f"{name}_pad")(x)
+                x = layers.ZeroPadding2D(fixed_padding(kernel_size), name=f"{name}_pad")(x)
             padding = "valid"
         else:
             padding = "same"
@@ -400,12 +153,17 @@ class _Builder:
             strides=strides,
             padding=padding,
             use_bias=False,
-            kernel_initializer=_conv_initializer(),
+            kernel_initializer=conv_initializer(),
             name=name,
         )(x)
 
     def batch_norm(self, x, name, relu=True, zero_init=False):
-        x = _batch_norm(name, self.batch_norm_decay, self.global_bn, zero_init=zero_init)(x)
+        if self.fused_batch_norm:
+            layer = _batch_norm(name, self.batch_norm_decay, self.global_bn, zero_init=zero_init)
+        else:
+            layer = make_batch_norm(name, self.batch_norm_decay, self.global_bn, zero_init=zero_init,
+                                    fused=False)
+        x = layer(x)
         if relu:
             x = layers.ReLU(name=name.replace("batch_norm", "relu"))(x)
         return x
@@ -415,7 +173,7 @@ class _Builder:
             # ResNet-D: average-pool, then a stride-1 1x1 convolution. Like the original, the
             # pooling also runs (2x2, stride 1, SAME) when the block does not downsample.
             if strides > 1:
-                x = layers.ZeroPadding2D(_fixed_padding(2), name=f"{prefix}_shortcut_pad")(x)
+                x = layers.ZeroPadding2D(fixed_padding(2), name=f"{prefix}_shortcut_pad")(x)
                 x = layers.AveragePooling2D(2, strides=strides, padding="valid",
                                             name=f"{prefix}_shortcut_avg_pool")(x)
             else:
@@ -454,6 +212,7 @@ class _Builder:
                 sk_ratio=self.sk_ratio,
                 batch_norm_decay=self.batch_norm_decay,
                 global_bn=self.global_bn,
+                fused_batch_norm=self.fused_batch_norm,
                 name=f"{prefix}_sk_conv",
             )(y)
         else:
@@ -475,6 +234,7 @@ def build_resnet(
     se_ratio=0.0,
     batch_norm_decay=0.9,
     global_bn=False,
+    fused_batch_norm=True,
     name="resnet",
 ):
     """Builds a SimCLR ResNet encoder as a functional `keras.Model` with named features.
@@ -494,6 +254,11 @@ def build_resnet(
         batch_norm_decay: float. Batch-norm moving-average momentum. Defaults to `0.9`.
         global_bn: bool. Synchronise batch-norm statistics across replicas
             (`BatchNormalization(synchronized=True)`). Defaults to `False`.
+        fused_batch_norm: bool. Batch norms are `simclr_tf.models.batch_norm.BatchNormalization`,
+            whose training pass is TensorFlow's fused kernel (faster), if True; Keras' own
+            `keras.layers.BatchNormalization` (a composite of element-wise ops) with the same
+            config if False. Layer and variable names, and so checkpoints, are the same either
+            way. Defaults to `True`.
         name: str. Model name. Defaults to `"resnet"`.
 
     Returns:
@@ -521,17 +286,14 @@ def build_resnet(
     >>> tuple(features["final_avg_pool"].shape)
     (2, 512)
     """
-    _check_depth(resnet_depth)
-    _check_positive_int("width_multiplier", width_multiplier)
+    check_one_of("resnet_depth", resnet_depth, RESNET_DEPTHS)
+    width_multiplier = check_positive_int("width_multiplier", width_multiplier)
     for arg_name, value in (("sk_ratio", sk_ratio), ("se_ratio", se_ratio)):
-        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise ValueError(
-                f"`{arg_name}` must be a number in [0, 1) (0 disables it). Received: {arg_name}={value!r}."
-            )
-    _check_batch_norm_decay(batch_norm_decay)
+        check_number(arg_name, value, low=0, high=1, high_inclusive=False, hint="0 disables it.")
+    check_batch_norm_decay(batch_norm_decay)
 
     block_type, blocks_per_group = RESNET_BLOCKS[resnet_depth]
-    builder = _Builder(sk_ratio, se_ratio, batch_norm_decay, global_bn)
+    builder = _Builder(sk_ratio, se_ratio, batch_norm_decay, global_bn, fused_batch_norm)
     block_fn = builder.bottleneck_block if block_type == "bottleneck" else builder.basic_block
     stem_width = 64 * width_multiplier
 
