@@ -4,6 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+from simclr_tf import config
+from simclr_tf.models import heads
+from simclr_tf.models.batch_norm import BATCH_NORM_EPSILON
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 
 EPS = 1e-5  # batch-norm epsilon of the original
@@ -213,7 +216,9 @@ def test_mixed_precision(policy):
         ({"proj_out_dim": 0}, "`proj_out_dim` must be a positive integer.*Received: proj_out_dim=0"),
         ({"num_proj_layers": 0}, "`num_proj_layers` must be a positive integer"),
         ({"num_proj_layers": 2.0}, "`num_proj_layers` must be a positive integer"),
-        ({"batch_norm_decay": 1.0}, r"`batch_norm_decay` must be in \(0, 1\)"),
+        ({"proj_out_dim": True}, "`proj_out_dim` must be a positive integer.*SimCLR uses 128"),
+        ({"batch_norm_decay": "0.9"}, r"`batch_norm_decay` must be a number in \(0, 1\).*'0.9'"),
+        ({"batch_norm_decay": 1.0}, r"`batch_norm_decay` must be a number in \(0, 1\)"),
     ],
 )
 def test_projection_head_bad_args(kwargs, match):
@@ -235,3 +240,14 @@ def test_bad_inputs_and_selector():
         SupervisedHead(0)
     with pytest.raises(ValueError, match="`SupervisedHead` expects pooled features"):
         SupervisedHead(3)(np.ones((2, 3, 8), "float32"))
+
+
+def test_modes_and_epsilon_come_from_one_place():
+    assert heads.PROJ_HEAD_MODES is config.PROJ_HEAD_MODES  # imported, not redefined
+    assert BATCH_NORM_EPSILON == EPS
+    for mode in config.PROJ_HEAD_MODES:
+        head = ProjectionHead(mode, proj_out_dim=4, num_proj_layers=2)
+        head.build((None, 8))
+        # Keras' own batch norm (the fused one only serves 4-D inputs), so saved heads are unchanged.
+        assert all(type(bn) is keras.layers.BatchNormalization for bn in head.batch_norm_layers)
+        assert all(bn.epsilon == BATCH_NORM_EPSILON for bn in head.batch_norm_layers)

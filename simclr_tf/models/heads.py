@@ -1,8 +1,8 @@
 """The heads of SimCLR: the projection head g(.) of the contrastive loss and the supervised head.
 
 The projection head follows the original SimCLR(v2) TensorFlow code (google-research/simclr,
-`model.py`): every layer is a dense layer without bias followed by batch norm (`epsilon=1e-5`),
-dense kernels start from `RandomNormal(stddev=0.01)`, and
+`model.py`): every layer is a dense layer without bias followed by batch norm (`epsilon=1e-5`,
+`BATCH_NORM_EPSILON` as in the encoder), dense kernels start from `RandomNormal(stddev=0.01)`, and
 
 - `none`: the identity (the contrastive loss sees the encoder output itself);
 - `linear`: one dense layer to `proj_out_dim` and batch norm without `beta` (`center=False`),
@@ -30,20 +30,14 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-BATCH_NORM_EPSILON = 1e-5
-PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
+from simclr_tf.config import PROJ_HEAD_MODES
+from simclr_tf.models.batch_norm import check_batch_norm_decay, make_batch_norm
+from simclr_tf.validation import check_one_of, check_positive_int
 
 
 def _dense_initializer():
     # The original's tf.keras.initializers.RandomNormal(stddev=0.01) for every head kernel.
     return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
-
-
-def _check_positive_int(arg_name, value, hint=""):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{arg_name}` must be a positive integer{hint}. Received: {arg_name}={value!r}."
-        )
 
 
 def _check_2d(layer_name, input_shape):
@@ -105,18 +99,10 @@ class ProjectionHead(keras.layers.Layer):
         global_bn=False,
         **kwargs,
     ):
-        if proj_head_mode not in PROJ_HEAD_MODES:
-            raise ValueError(
-                f"`proj_head_mode` must be one of {', '.join(map(repr, PROJ_HEAD_MODES))}. "
-                f"Received: proj_head_mode={proj_head_mode!r}."
-            )
-        _check_positive_int("proj_out_dim", proj_out_dim, " (128 in SimCLR)")
-        _check_positive_int("num_proj_layers", num_proj_layers, " (2 in SimCLRv1, 3 in SimCLRv2)")
-        if not isinstance(batch_norm_decay, (int, float)) or not 0.0 < batch_norm_decay < 1.0:
-            raise ValueError(
-                "`batch_norm_decay` must be in (0, 1), e.g. 0.9 (the momentum of the moving "
-                f"averages). Received: batch_norm_decay={batch_norm_decay!r}."
-            )
+        check_one_of("proj_head_mode", proj_head_mode, PROJ_HEAD_MODES)
+        check_positive_int("proj_out_dim", proj_out_dim, hint="SimCLR uses 128.")
+        check_positive_int("num_proj_layers", num_proj_layers, hint="SimCLRv1 uses 2, SimCLRv2 3.")
+        check_batch_norm_decay(batch_norm_decay)
         super().__init__(**kwargs)
         self.proj_head_mode = proj_head_mode
         self.proj_out_dim = proj_out_dim
@@ -155,16 +141,10 @@ class ProjectionHead(keras.layers.Layer):
                 name=f"{prefix}_dense",
                 dtype=self.dtype_policy,
             )
-            batch_norm = layers.BatchNormalization(
-                axis=-1,
-                momentum=self.batch_norm_decay,
-                epsilon=BATCH_NORM_EPSILON,
-                center=center,
-                scale=True,
-                synchronized=self.global_bn,
-                name=f"{prefix}_batch_norm",
-                dtype=self.dtype_policy,
-            )
+            # Keras' own layer: the fused kernel only serves 4-D inputs.
+            batch_norm = make_batch_norm(f"{prefix}_batch_norm", self.batch_norm_decay,
+                                         self.global_bn, center=center, fused=False,
+                                         dtype=self.dtype_policy)
             dense.build(shape)
             shape = dense.compute_output_shape(shape)
             batch_norm.build(shape)
@@ -269,7 +249,7 @@ class SupervisedHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, zero_init=False, **kwargs):
-        _check_positive_int("num_classes", num_classes, " (the number of labels of the data set)")
+        check_positive_int("num_classes", num_classes, hint="Use the number of labels of the data set.")
         kwargs.setdefault("name", "head_supervised")
         super().__init__(**kwargs)
         self.num_classes = num_classes
