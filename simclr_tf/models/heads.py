@@ -14,9 +14,11 @@ The projection head follows the original SimCLR(v2) TensorFlow code (google-rese
 The head also returns every intermediate output, because SimCLRv2 fine-tunes the supervised head
 from the middle of the projection head (`ft_proj_selector`; 0 is the encoder output).
 
-Batch-norm layer names contain `batch_norm`, so the LARS optimizer can keep their variables out
-of weight decay by path; the supervised head is named `head_supervised` by default, which the
-weight-decay rules look for too.
+Batch-norm layer names contain `batch_norm` and the supervised head is named `head_supervised` by
+default. The names stay, because checkpoints store the variables under them and the original
+code's name rule still serves bare variables outside any layer, but weight decay no longer relies
+on them: the LARS optimizer keeps batch-norm variables out of it by their layer's type, and the
+supervised head by its role as the model's supervised head, whatever its name.
 
 References:
     - [Chen et al., 2020. A Simple Framework for Contrastive Learning of Visual Representations](
@@ -221,8 +223,9 @@ class SupervisedHead(keras.layers.Layer):
 
     During pretraining it sits on stop-gradient encoder features (linear evaluation while
     pretraining); in fine-tuning on `ProjectionHead.select(hiddens, ft_proj_selector)`. Its
-    variable paths contain the layer's name, `head_supervised` by default, which the weight-decay
-    rules use.
+    variable paths contain the layer's name, `head_supervised` by default (the original's name,
+    kept for checkpoints); the optimizer keeps it out of weight decay as the model's supervised
+    head, not by its name.
 
     Args:
         num_classes: int. Number of classes (logits).

@@ -24,10 +24,13 @@ The architecture follows the original SimCLR TensorFlow code (google-research/si
 Images enter as float32 in [0, 1], shape `(batch_size, height, width, 3)`, with no mean / std
 normalisation; any height and width work.
 
-Layer names are a contract: every batch-norm layer's name contains `batch_norm` (the LARS
-optimizer keeps batch-norm variables and biases out of weight decay by path), stem layers start
-with `stem_`, and the layers of block group `k` start with `block_group{k}_`, which is what
-`freeze_up_to_block` relies on.
+Layer names are a contract, since checkpoints store every variable under its layer's name: stem
+layers start with `stem_` and the layers of block group `k` with `block_group{k}_` (which
+`freeze_up_to_block` relies on), and every batch-norm layer's name contains `batch_norm`. Those
+`batch_norm` names stay for checkpoint compatibility and for the original code's name rule, which
+still applies to bare variables outside any layer; weight decay no longer relies on them: the LARS
+optimizer keeps batch-norm variables and biases out of it by the role of the layer that owns them
+(its type), not by name. `build_resnet(fused_batch_norm=False)` gives the same names.
 
 References:
     - [He et al., 2015. Deep Residual Learning for Image Recognition](
