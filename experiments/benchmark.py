@@ -501,9 +501,7 @@ def time_input_pipeline(
     dataset = build_train_dataset(
         source,
         global_batch_size=batch_size,
-        image_size=image_size,
-        color_jitter_strength=0.5 if small else 1.0,
-        use_blur=not small,
+        image_size=image_size,  # the default AugmentConfig: the paper's recipe for this size
         seed=seed,
         cache=True,
     )

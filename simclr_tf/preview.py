@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from simclr_tf.config import SMALL_IMAGE_SIZE
+from simclr_tf.config import SMALL_IMAGE_SIZE, AugmentConfig
 
 MARGIN = 6  # pixels between and around the tiles
 BACKGROUND = 128  # gray, so that black and white views both stand out
@@ -138,28 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # missing file, not an image, bad digit index
         parser.error(f"cannot read the image: {error}")
     image_size = args.image_size or (SMALL_IMAGE_SIZE if args.digits else 224)
-    small = image_size <= SMALL_IMAGE_SIZE
-    strength = args.color_jitter_strength
-    if strength is None:
-        strength = 0.5 if small else 1.0
-    use_blur = args.use_blur if args.use_blur is not None else not small
+    augment = AugmentConfig(
+        color_jitter_strength=args.color_jitter_strength,
+        use_blur=args.use_blur,
+        color_jitter_impl=args.color_jitter_impl,
+        crop_min_area=args.crop_min_area,
+    ).for_image_size(image_size)  # the papers' strength and blur for this size where not given
+    strength, use_blur = augment.color_jitter_strength, augment.use_blur
 
     import tensorflow as tf  # after the argument checks: a typo should not wait for TensorFlow
 
-    from simclr_tf.data import augment
+    from simclr_tf.data import views
 
     try:
-        original = augment.eval_preprocess(image, image_size=image_size).numpy()
+        original = views.eval_preprocess(image, image_size=image_size).numpy()
         pairs = []
         for row in range(args.pairs):
-            view_1, view_2 = augment.two_views(
-                image,
-                tf.constant([args.seed, row], tf.int64),
-                image_size=image_size,
-                color_jitter_strength=strength,
-                use_blur=use_blur,
-                color_jitter_impl=args.color_jitter_impl,
-                crop_min_area=args.crop_min_area,
+            view_1, view_2 = views.two_views(
+                image, tf.constant([args.seed, row], tf.int64), image_size=image_size, augment=augment
             )
             pairs.append((view_1.numpy(), view_2.numpy()))
     except ValueError as error:  # an invalid size, strength or area, with the reason

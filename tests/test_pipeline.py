@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.data import pipeline
 from simclr_tf.data.sources import Source, from_arrays, load_source
 
 SIZE = 32
-TRAIN_KWARGS = dict(image_size=SIZE, color_jitter_strength=0.5, use_blur=False)
+TRAIN_KWARGS = dict(image_size=SIZE)  # the default AugmentConfig: strength 0.5, no blur at 32 px
 
 
 def indexed_source(num_examples, *, random_access=True, classes=None):
@@ -90,6 +91,68 @@ def test_class_sorted_sources_are_mixed_even_without_a_shuffle_buffer():
     dataset = pipeline.build_finetune_dataset(source, global_batch_size=8, image_size=SIZE, shuffle_buffer=1)
     first_labels = take(dataset, 1)[0][1]
     assert len(set(first_labels.tolist())) > 1
+
+
+# --- augmentation settings -------------------------------------------------------------------------
+
+# First batch of each pipeline, computed by the code before the augmentation settings became one
+# AugmentConfig (commit f4d4947; train: strength 0.5 and no blur spelled out): the labels, then the
+# per-channel means and the RGB pixel at (1, 2) of view_1 of example 0 and view_2 of example 3 (train),
+# of images 0 and 3 (fine-tune).
+PINNED_TRAIN = ([0, 1, 6, 3], [0.502885, 0.486842, 0.520681, 0.911805, 0.816699, 0.606229],
+                [0.459271, 0.521349, 0.499731, 0.265101, 0.770412, 0.465862])
+PINNED_FINETUNE = ([0, 1, 6, 3], [0.538837, 0.508521, 0.481939, 0.721039, 0.442232, 0.272099],
+                   [0.472479, 0.528709, 0.509204, 0.833319, 0.665881, 0.501466])
+
+
+def _summary(image):
+    image = np.asarray(image, np.float64)
+    return list(image.reshape(-1, 3).mean(axis=0)) + list(image[1, 2])
+
+
+def test_default_augment_config_reproduces_the_pinned_batches():
+    images = np.random.default_rng(2).integers(0, 256, (10, 20, 20, 3), dtype=np.uint8)
+    source = from_arrays(images, np.arange(10), name="pinned")
+    kwargs = dict(global_batch_size=4, image_size=16, seed=1)  # the default AugmentConfig
+    (view_1, view_2), labels = take(pipeline.build_train_dataset(source, **kwargs), 1)[0]
+    assert labels.tolist() == PINNED_TRAIN[0]
+    np.testing.assert_allclose(_summary(view_1[0]), PINNED_TRAIN[1], atol=2e-6)
+    np.testing.assert_allclose(_summary(view_2[3]), PINNED_TRAIN[2], atol=2e-6)
+    images, labels = take(pipeline.build_finetune_dataset(source, **kwargs), 1)[0]
+    assert labels.tolist() == PINNED_FINETUNE[0]
+    np.testing.assert_allclose(_summary(images[0]), PINNED_FINETUNE[1], atol=2e-6)
+    np.testing.assert_allclose(_summary(images[3]), PINNED_FINETUNE[2], atol=2e-6)
+
+
+def test_train_views_follow_the_augment_config():
+    # Gray constant images stay themselves without colour jitter (strength 0; the colour drop keeps
+    # gray), without flips and with whole-image crops; the default strength 0.5 changes them.
+    source = indexed_source(8)
+    identity = AugmentConfig(color_jitter_strength=0.0, use_blur=False, crop_min_area=1.0, random_flip=False)
+    dataset = pipeline.build_train_dataset(source, global_batch_size=8, image_size=SIZE, augment=identity)
+    (view_1, view_2), labels = take(dataset, 1)[0]
+    np.testing.assert_array_equal(image_index(tf.constant(view_1)), labels)
+    np.testing.assert_array_equal(image_index(tf.constant(view_2)), labels)
+    default = pipeline.build_train_dataset(source, global_batch_size=8, image_size=SIZE)
+    (view_1, _), labels = take(default, 1)[0]
+    assert np.abs(view_1[:, 0, 0, 0] * 255.0 - labels).max() > 1.0
+
+
+def test_finetune_images_follow_the_augment_config():
+    # Images with a left-right ramp: whole-image crops without flips give the images back exactly.
+    ramp = np.broadcast_to(np.linspace(0, 255, SIZE).astype(np.uint8)[None, :, None], (SIZE, SIZE, 3))
+    images = np.stack([ramp] * 6)
+    source = from_arrays(images, np.arange(6))
+    kwargs = dict(global_batch_size=6, image_size=SIZE, seed=0)
+    whole = AugmentConfig(crop_min_area=1.0, random_flip=False)
+    out, _ = take(pipeline.build_finetune_dataset(source, augment=whole, **kwargs), 1)[0]
+    np.testing.assert_allclose(out, np.broadcast_to(ramp / 255.0, out.shape), atol=1e-5)
+    # With flips (and whole-image crops) some come back mirrored.
+    flips = AugmentConfig(crop_min_area=1.0)
+    out, _ = take(pipeline.build_finetune_dataset(source, augment=flips, **kwargs), 2)[1]
+    mirrored = [np.allclose(image, ramp[:, ::-1] / 255.0, atol=1e-5) for image in out]
+    kept = [np.allclose(image, ramp / 255.0, atol=1e-5) for image in out]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True)) and any(mirrored)
 
 
 # --- determinism and resume ------------------------------------------------------------------------
@@ -200,18 +263,27 @@ def test_argument_errors():
     (context,) = contexts(pipelines=1, replicas=2)
     with pytest.raises(ValueError, match=r"`global_batch_size` \(7\) must be divisible by the number of rep"):
         pipeline.build_train_dataset(source, global_batch_size=7, input_context=context, **TRAIN_KWARGS)
-    with pytest.raises(ValueError, match="`global_batch_size` must be an integer >= 1. Received: 0"):
+    with pytest.raises(ValueError, match="`global_batch_size` must be a positive integer. Received: global_"):
         pipeline.build_eval_dataset(source, global_batch_size=0, image_size=SIZE)
-    with pytest.raises(ValueError, match="`start_step` must be an integer >= 0. Received: -1"):
+    with pytest.raises(ValueError, match="`start_step` must be an integer >= 0. Received: start_step=-1"):
         pipeline.build_finetune_dataset(source, global_batch_size=2, image_size=SIZE, start_step=-1)
     with pytest.raises(ValueError, match="too few for 8 input pipelines"):
         pipeline.build_finetune_dataset(source, global_batch_size=8, image_size=SIZE,
                                         input_context=contexts(pipelines=8, replicas=8)[5])
     with pytest.raises(TypeError, match="must be a simclr_tf.data.sources.Source"):
         pipeline.build_eval_dataset(tf.data.Dataset.range(3), global_batch_size=2, image_size=SIZE)
-    with pytest.raises(ValueError, match="color_jitter_impl"):  # the augmentation validates at build time
-        pipeline.build_train_dataset(source, global_batch_size=2, image_size=SIZE, color_jitter_strength=0.5,
-                                     use_blur=False, color_jitter_impl="v3")
+    # The augmentation settings are checked when the pipeline is built.
+    with pytest.raises(ValueError, match="`color_jitter_impl` must be one of 'v1', 'v2'. Received: color_"):
+        pipeline.build_train_dataset(source, global_batch_size=2, image_size=SIZE,
+                                     augment=AugmentConfig(color_jitter_impl="v3"))
+    with pytest.raises(ValueError, match=r"`crop_min_area` must be a number in \(0, 1\]. Received: crop_min"):
+        pipeline.build_finetune_dataset(source, global_batch_size=2, image_size=SIZE,
+                                        augment=AugmentConfig(crop_min_area=0.0))
+    with pytest.raises(ValueError, match="`image_size` must be a positive integer. Received: image_size=0"):
+        pipeline.build_finetune_dataset(source, global_batch_size=2, image_size=0)
+    with pytest.raises(TypeError, match="`augment` must be a simclr_tf.config.AugmentConfig"):
+        pipeline.build_train_dataset(source, global_batch_size=2, image_size=SIZE,
+                                     augment=dict(color_jitter_strength=0.5))
 
 
 def test_image_folder_of_mixed_sizes_through_all_pipelines(tmp_path):

@@ -87,7 +87,7 @@ def test_unreadable_image_exits_with_code_2(tmp_path, capsys):
     "args, message",
     [
         (["--digits", "--pairs", "0"], "--pairs must be at least 1"),
-        (["--digits", "--color_jitter_strength", "-1"], "`color_jitter_strength` must be a non-negative"),
+        (["--digits", "--color_jitter_strength", "-1"], "`color_jitter_strength` must be a number >= 0"),
         (["--digits", "--digit_index", "5000"], "`digit_index` must be in"),
         ([], "one of the arguments --image --digits is required"),
     ],

@@ -25,27 +25,26 @@ Under a `tf.distribute` strategy, pass the `tf.distribute.InputContext` that
 the per-replica batch size. Sharding is by element, so each worker reads, but drops, the others'
 examples; it does not decode them again when the source is cached.
 
-This module imports nothing of simclr_tf except the other `simclr_tf.data` modules.
+The augmentation settings travel as one `simclr_tf.config.AugmentConfig`, resolved for the image
+size and checked when the pipeline is built (`views.resolve_augment`), before any tracing.
+
+This module imports nothing of simclr_tf except the `simclr_tf.data` modules, `simclr_tf.config` and
+`simclr_tf.validation`.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 import tensorflow as tf
 
-from simclr_tf.data import augment
+from simclr_tf.config import AugmentConfig
+from simclr_tf.data import views
 from simclr_tf.data.sources import Source, permuted_source
+from simclr_tf.validation import check_positive_int
 
 # A constant graph-level seed for the per-epoch shuffle (see `_epoch_stream`); any value but 0.
 _GRAPH_SEED = 0x5EED5
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {value!r}.")
-    return int(value)
 
 
 def _pipelines(input_context: tf.distribute.InputContext | None) -> tuple[int, int, int]:
@@ -70,7 +69,7 @@ def per_replica_batch_size(global_batch_size: int, input_context: tf.distribute.
     Raises:
         ValueError: `global_batch_size` is not a positive multiple of the number of replicas.
     """
-    global_batch_size = _check_positive_int("global_batch_size", global_batch_size)
+    global_batch_size = check_positive_int("global_batch_size", global_batch_size)
     if input_context is None:
         return global_batch_size
     replicas = int(input_context.num_replicas_in_sync)
@@ -147,9 +146,9 @@ def _training_stream(
     """Shared body of the train and fine-tune pipelines; `preprocess(image, label, seed)` -> element."""
     _check_source(source)
     batch_size = per_replica_batch_size(global_batch_size, input_context)
-    seed = _check_positive_int("seed", seed, minimum=0)
-    start_step = _check_positive_int("start_step", start_step, minimum=0)
-    shuffle_buffer = _check_positive_int("shuffle_buffer", shuffle_buffer)
+    seed = check_positive_int("seed", seed, minimum=0)
+    start_step = check_positive_int("start_step", start_step, minimum=0)
+    shuffle_buffer = check_positive_int("shuffle_buffer", shuffle_buffer)
     num_pipelines, pipeline_id, replicas_here = _pipelines(input_context)
     examples_here = _shard_size(source.num_examples, num_pipelines, pipeline_id)
     if examples_here == 0:
@@ -185,11 +184,7 @@ def build_train_dataset(
     *,
     global_batch_size: int,
     image_size: int,
-    color_jitter_strength: float,
-    use_blur: bool,
-    color_jitter_impl: str = "v2",
-    crop_min_area: float = 0.08,
-    random_flip: bool = True,
+    augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen, so immutable)
     seed: int = 0,
     cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
@@ -202,11 +197,10 @@ def build_train_dataset(
         source: `Source` of uint8 images and labels.
         global_batch_size: int. Batch size over all replicas; each batch holds the per-replica share.
         image_size: int. Side of the square views.
-        color_jitter_strength: float. Colour distortion strength s (0.5 at 32 px, 1.0 on ImageNet).
-        use_blur: bool. Gaussian blur (ImageNet recipe).
-        color_jitter_impl: str. `"v2"` (SimCLRv2 code) or `"v1"`.
-        crop_min_area: float. Smallest area fraction of the random resized crop.
-        random_flip: bool. Random horizontal flips (off for digits-like data).
+        augment: `AugmentConfig`. Colour distortion strength, blur, colour-jitter implementation,
+            smallest crop area and flips; `None` fields take the paper's default for `image_size`
+            (strength 0.5 without blur at 32 px and below, 1.0 with blur above). Defaults to
+            `AugmentConfig()`.
         seed: int. Seed of the shuffle and the augmentations: the stream is a pure function of it.
         cache: bool. Cache the decoded source images (before augmentation) in memory.
         input_context: `tf.distribute.InputContext` or None. Shards the source across input
@@ -220,13 +214,13 @@ def build_train_dataset(
         `(batch, image_size, image_size, 3)` in [0, 1], labels int32 `(batch,)` (-1 if unlabelled).
 
     Raises:
+        TypeError: `source` is not a `Source` or `augment` not an `AugmentConfig`.
         ValueError: an invalid argument (batch size not divisible by the replicas, negative
             `start_step`, an augmentation setting out of range, too few examples to shard).
 
     Example:
     >>> from simclr_tf.data.sources import load_source
-    >>> dataset = build_train_dataset(load_source("digits", "train"), global_batch_size=8, image_size=32,
-    ...                               color_jitter_strength=0.5, use_blur=False)
+    >>> dataset = build_train_dataset(load_source("digits", "train"), global_batch_size=8, image_size=32)
     >>> (view_1, view_2), label = next(iter(dataset))
     >>> view_1.shape, label.shape
     (TensorShape([8, 32, 32, 3]), TensorShape([8]))
@@ -235,19 +229,10 @@ def build_train_dataset(
         Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", 2020.
         https://arxiv.org/abs/2002.05709
     """
+    augment = views.resolve_augment(augment, image_size)
 
     def preprocess(image, label, element_seed):
-        views = augment.two_views(
-            image,
-            element_seed,
-            image_size=image_size,
-            color_jitter_strength=color_jitter_strength,
-            use_blur=use_blur,
-            color_jitter_impl=color_jitter_impl,
-            crop_min_area=crop_min_area,
-            random_flip=random_flip,
-        )
-        return views, label
+        return views.two_views(image, element_seed, image_size=image_size, augment=augment), label
 
     return _training_stream(
         source, preprocess, global_batch_size=global_batch_size, seed=seed, cache=cache,
@@ -260,6 +245,7 @@ def build_finetune_dataset(
     *,
     global_batch_size: int,
     image_size: int,
+    augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen, so immutable)
     seed: int = 0,
     cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
@@ -274,6 +260,8 @@ def build_finetune_dataset(
         source: `Source` of uint8 images and labels.
         global_batch_size: int. Batch size over all replicas.
         image_size: int. Side of the square images.
+        augment: `AugmentConfig`. Of it only `crop_min_area` and `random_flip` apply (see
+            `views.finetune_preprocess`). Defaults to `AugmentConfig()`.
         seed: int. Seed of the shuffle and the augmentation.
         cache: bool. Cache the decoded source images in memory.
         input_context: `tf.distribute.InputContext` or None.
@@ -285,11 +273,13 @@ def build_finetune_dataset(
         int32 `(batch,)`.
 
     Raises:
+        TypeError: `source` is not a `Source` or `augment` not an `AugmentConfig`.
         ValueError: an invalid argument.
     """
+    augment = views.resolve_augment(augment, image_size)
 
     def preprocess(image, label, element_seed):
-        return augment.finetune_preprocess(image, element_seed, image_size=image_size), label
+        return views.finetune_preprocess(image, element_seed, image_size=image_size, augment=augment), label
 
     return _training_stream(
         source, preprocess, global_batch_size=global_batch_size, seed=seed, cache=cache,
@@ -333,7 +323,7 @@ def build_eval_dataset(
     if cache:
         dataset = dataset.cache()
     dataset = dataset.map(
-        lambda image, label: (augment.eval_preprocess(image, image_size=image_size), label),
+        lambda image, label: (views.eval_preprocess(image, image_size=image_size), label),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
