@@ -1,4 +1,5 @@
-"""Tests of simclr_tf.data.sources: digits, synthetic, image folders, TFDS, label subsets."""
+"""Tests of the sources (simclr_tf.data.sources, synthetic, folder, tfds): digits, synthetic shapes,
+image folders, TFDS, label subsets."""
 
 import collections
 import hashlib
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf.data import sources
+from simclr_tf.data import folder, sources, synthetic
 from simclr_tf.data.sources import (
     DatasetNotFoundError,
     Source,
@@ -148,7 +149,7 @@ def test_synthetic_shapes_match_their_masks():
     size = 64
     grid = np.arange(size) + 0.5
     dy, dx = np.meshgrid((grid - 32) / 20, (grid - 32) / 20, indexing="ij")
-    masks = sources._shape_masks(np.array([0, 1]), np.stack([dx, dx]), np.stack([dy, dy]))
+    masks = synthetic._shape_masks(np.array([0, 1]), np.stack([dx, dx]), np.stack([dy, dy]))
     assert abs(masks[0].sum() - np.pi * 20**2) < 0.03 * np.pi * 20**2
     assert masks[1].sum() == 32**2
 
@@ -264,7 +265,7 @@ def test_folder_downscales_large_jpegs_and_skips_other_large_images(tmp_path):
     _save(Image.new("RGB", (200, 160), (50, 100, 150)), str(root / "photo.jpg"))
     _save(Image.new("RGB", (200, 160), (50, 100, 150)), str(root / "scan.png"))
     _save(Image.new("RGB", (60, 50), (50, 100, 150)), str(root / "small.png"))
-    source = sources.load_image_folder(str(root), max_pixels=10_000)
+    source = folder.load_image_folder(str(root), max_pixels=10_000)
     assert source.num_examples == 2 and source.stats.skipped_files == 1  # the PNG cannot be decoded smaller
     images, labels = _materialise(source.dataset)
     assert images[0].shape == (80, 100, 3)  # 200x160 JPEG decoded at 1/2 scale: 8000 pixels <= 10000

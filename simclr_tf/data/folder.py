@@ -1,0 +1,310 @@
+"""Your own images as a source: an image folder, read with Pillow one image at a time.
+
+Layout: `image_dir/<class name>/**/<image>` gives labelled images; images directly in `image_dir`
+(and no class folders) are unlabelled. The folder is scanned once, reading only each file's header,
+so empty, corrupt and oversized files are skipped up front and logged; files that fail while
+decoding are skipped while the dataset runs. Memory stays bounded by the few images in flight.
+
+This module imports nothing of simclr_tf except `simclr_tf.data.base` (for `Source`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf.data.base import FolderStats, Source
+
+log = logging.getLogger(__name__)
+
+# File name endings read from image folders (case-insensitive). Anything else is ignored and counted.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+# Images with more pixels than this are decoded at reduced size (JPEG) or skipped (other formats):
+# 80 MP is 240 MB as RGB, and several images are decoded in parallel. Pillow itself refuses images
+# above 2 * Image.MAX_IMAGE_PIXELS (about 179 MP) with a DecompressionBombError, which we catch.
+MAX_PIXELS = 80_000_000
+
+# --- image folders ---------------------------------------------------------------------------------
+
+
+class _TooLargeError(ValueError):
+    pass
+
+
+def _is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk_files(root: str) -> list[str]:
+    """All non-hidden files under root, recursively, sorted by path (a stable order)."""
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        found.extend(os.path.join(directory, f) for f in files if not f.startswith("."))
+    return sorted(found)
+
+
+def _draft_scale(width: int, height: int, image_size: int | None, max_pixels: int) -> int | None:
+    """JPEG DCT downscale factor (1, 2, 4 or 8) to decode with, or None if even 1/8 is too large."""
+    for scale in (1, 2, 4, 8):
+        if width * height / scale**2 <= max_pixels:
+            break
+    else:
+        return None
+    if image_size:  # decode smaller still while the shorter side stays >= image_size
+        while scale < 8 and min(width, height) / (scale * 2) >= image_size:
+            scale *= 2
+    return scale
+
+
+def _to_rgb(image) -> np.ndarray:
+    """Any Pillow image (L, P, RGBA, CMYK, I;16, F, ...) as a uint8 RGB array (H, W, 3)."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if mode == "I" and values.max(initial=0) <= 255:  # 32-bit container holding 8-bit values
+            grey = np.clip(values, 0, 255)
+        else:  # 16-bit: 0..65535 -> 0..255, rounded
+            grey = (np.clip(values, 0, 65535) * 255 + 32767) // 65535
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+    if mode == "F":
+        values = np.asarray(image, np.float64)
+        values = values * 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else values
+        grey = np.clip(np.nan_to_num(np.round(values)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:  # composite on white: transparent regions look like paper, not black
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, np.uint8)
+
+
+def read_image(path: str, *, image_size: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decodes one image file with Pillow into a uint8 RGB array `(height, width, 3)`.
+
+    Grayscale, palette, RGBA / LA (composited on white), CMYK and 16-bit images are converted; of an
+    animated GIF the first frame is used. JPEGs are decoded at reduced size (DCT scaling) when they
+    exceed `max_pixels` or are much larger than `image_size`, which keeps big photos cheap.
+
+    Args:
+        path: str. The image file.
+        image_size: int or None. If given, images whose shorter side is longer are downscaled so the
+            shorter side equals `image_size` (aspect ratio kept). Never upscales.
+        max_pixels: int. Largest number of pixels decoded at full size.
+
+    Returns:
+        uint8 array `(height, width, 3)`.
+
+    Raises:
+        OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError: the file is not a readable
+            image (e.g. zero bytes, truncated, corrupt) or is too large to decode safely.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image has no pixels ({width}x{height})")
+        if image.format == "JPEG":
+            scale = _draft_scale(width, height, image_size, max_pixels)
+            if scale is None:
+                raise _TooLargeError(f"{width}x{height} is too large even at 1/8 scale")
+            if scale > 1:
+                image.draft(image.mode, (width // scale, height // scale))
+        elif width * height > max_pixels:
+            raise _TooLargeError(
+                f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                f"({image.format} cannot be decoded at reduced size); downscale it or convert it to JPEG"
+            )
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        image.load()
+        if width * height > max_pixels and image.size[0] * image.size[1] > max_pixels:
+            raise _TooLargeError(f"{width}x{height} is still too large after reduced-size decoding")
+        rgb = _to_rgb(image)  # (H, W, 3)
+    height, width = rgb.shape[:2]
+    if image_size and min(height, width) > image_size:
+        factor = image_size / min(height, width)
+        new_size = (max(image_size, round(width * factor)), max(image_size, round(height * factor)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return rgb
+
+
+def _probe(path: str, max_pixels: int) -> str | None:
+    """Why the file cannot be used (cheap: reads the header only), or None if it looks fine."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            fmt = image.format
+        if width <= 0 or height <= 0:
+            return f"image has no pixels ({width}x{height})"
+        if fmt == "JPEG":
+            if _draft_scale(width, height, None, max_pixels) is None:
+                return f"{width}x{height} JPEG is too large even at 1/8 scale"
+        elif width * height > max_pixels:
+            return (f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} and {fmt} "
+                    "cannot be decoded at reduced size")
+        return None
+    except Image.DecompressionBombError as error:
+        return f"too large to decode safely ({error})"
+    except Exception as error:  # any unreadable file is skipped, never fatal
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _log_skipped(kind: str, skipped: list[tuple[str, str]], total: int) -> None:
+    if not skipped:
+        return
+    shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:5])
+    more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    log.warning("Skipped %d of %d %s: %s%s.", len(skipped), total, kind, shown, more)
+
+
+def _folder_dataset(
+    paths: np.ndarray, labels: np.ndarray, *, image_size: int | None, max_pixels: int, stats: FolderStats
+) -> tf.data.Dataset:
+    """Streams (image, label), decoding in parallel with Pillow; files that fail to decode are skipped."""
+
+    def decode(path: tf.Tensor):
+        name = path.numpy().decode("utf-8")
+        try:
+            return read_image(name, image_size=image_size, max_pixels=max_pixels), True
+        except Exception as error:  # never crash mid-training on one bad file
+            stats.record_decode_failure(name, f"{type(error).__name__}: {error}")
+            return np.zeros((1, 1, 3), np.uint8), False
+
+    def load(path, label):
+        image, ok = tf.py_function(decode, [path], [tf.uint8, tf.bool])
+        image.set_shape([None, None, 3])
+        ok.set_shape([])
+        return image, label, ok
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.filter(lambda image, label, ok: ok)
+    return dataset.map(lambda image, label, ok: (image, label))
+
+
+def load_image_folder(
+    image_dir: str, *, image_size: int | None = None, max_pixels: int = MAX_PIXELS
+) -> Source:
+    """Your own images as a source.
+
+    Layout: `image_dir/<class name>/**/<image>` gives labelled images, classes numbered in sorted
+    order of their folder names; images directly in `image_dir` (and no class folders) are
+    unlabelled (label -1, `num_classes` 0). If both exist, the top-level images are ignored with a
+    warning. Files are found recursively; hidden files and folders (`.name`) are ignored, as are files
+    without an image extension (counted in `stats.ignored_files`).
+
+    The folder is scanned once, reading only each file's header, so files that are empty, corrupt or
+    too large are skipped up front (`stats.skipped_files`) and `num_examples` is exact. Files whose
+    header is fine but whose data is broken (truncated) are skipped while the dataset runs, with a
+    warning (`stats.skipped_while_decoding`). Training never stops on a bad file.
+
+    Args:
+        image_dir: str. Root folder.
+        image_size: int or None. Downscale images so their shorter side is `image_size` (see
+            `read_image`); `None` keeps the native size.
+        max_pixels: int. Images above this are decoded at reduced size (JPEG) or skipped.
+
+    Returns:
+        The `Source` (`image_size` None: images vary in size).
+
+    Raises:
+        FileNotFoundError: `image_dir` does not exist or is not a folder.
+        ValueError: the folder holds no readable image.
+    """
+    if not os.path.exists(image_dir):
+        raise FileNotFoundError(
+            f"Image folder {image_dir!r} does not exist. Pass --image_dir=<folder> pointing at your images "
+            "(one sub-folder per class, or all images at the top level for unlabelled data)."
+        )
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"`image_dir` {image_dir!r} is a file, not a folder. Pass the folder holding "
+                                "your images.")
+    root = os.path.abspath(image_dir)
+    files = _walk_files(root)
+    images = [f for f in files if _is_image_file(f)]
+    stats = FolderStats(image_files=len(images), ignored_files=len(files) - len(images))
+    if stats.ignored_files:
+        log.info("Ignoring %d file(s) in %s without an image extension (%s).", stats.ignored_files, root,
+                 ", ".join(IMAGE_EXTENSIONS))
+    if not images:
+        raise ValueError(
+            f"Image folder {root!r} holds no images: found {len(files)} file(s), none ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)}. Put your images there (one sub-folder per class, or at the "
+            "top level)."
+        )
+
+    top_level = [f for f in images if os.path.dirname(f) == root]
+    in_classes = [f for f in images if os.path.dirname(f) != root]
+    if in_classes:
+        class_names = sorted({os.path.relpath(f, root).split(os.sep)[0] for f in in_classes})
+        if top_level:
+            log.warning("Ignoring %d image(s) directly in %s: the images are labelled by their class "
+                        "sub-folders (%d classes).", len(top_level), root, len(class_names))
+        class_index = {name: i for i, name in enumerate(class_names)}
+        candidates = in_classes
+        labels = [class_index[os.path.relpath(f, root).split(os.sep)[0]] for f in in_classes]
+        num_classes = len(class_names)
+        if num_classes == 1:
+            log.warning("Image folder %s has a single class folder (%s): every label is 0.", root,
+                        class_names[0])
+    else:
+        class_names = []
+        candidates, labels, num_classes = top_level, [-1] * len(top_level), 0
+
+    workers = min(16, 4 * (os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(lambda p: _probe(p, max_pixels), candidates))
+    skipped = [(p, r) for p, r in zip(candidates, reasons, strict=True) if r is not None]
+    keep = [i for i, r in enumerate(reasons) if r is None]
+
+    # Decode the first readable files fully, so an epoch can never be empty (a header alone can lie).
+    while keep:
+        try:
+            read_image(candidates[keep[0]], image_size=image_size, max_pixels=max_pixels)
+            break
+        except Exception as error:
+            skipped.append((candidates[keep[0]], f"{type(error).__name__}: {error}"))
+            keep.pop(0)
+    stats.skipped_files = len(skipped)
+    _log_skipped("image file(s) that could not be read", skipped, len(candidates))
+    if not keep:
+        raise ValueError(
+            f"Image folder {root!r} holds no readable image: all {len(candidates)} image file(s) failed to "
+            f"open (first: {skipped[0][0]}: {skipped[0][1]}). Check the files are valid JPEG/PNG/BMP/GIF "
+            "images."
+        )
+
+    paths = np.array([candidates[i] for i in keep])
+    label_array = np.array([labels[i] for i in keep], np.int32)
+    log.info("Image folder %s: %d images, %s.", root, len(paths),
+             f"{num_classes} classes" if num_classes else "unlabelled")
+
+    def select(indices: np.ndarray) -> tf.data.Dataset:
+        return _folder_dataset(paths[indices], label_array[indices], image_size=image_size,
+                               max_pixels=max_pixels, stats=stats)
+
+    return Source(
+        dataset=select(np.arange(len(paths))),
+        num_examples=len(paths),
+        num_classes=num_classes,
+        image_size=None,
+        name=f"folder:{root}",
+        labels=label_array,
+        stats=stats,
+        _select=select,
+    )
+
