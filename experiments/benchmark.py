@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import gc
 import glob
@@ -64,9 +63,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import ModelConfig
+from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, OptimizerConfig
+from simclr_tf.models.build import build_model
 from simclr_tf.models.simclr import SimCLRModel
-from simclr_tf.optimizers import WarmupCosineDecay, build_optimizer
+from simclr_tf.optimizers import build_optimizer
+from simclr_tf.schedules import WarmupCosineDecay
 
 # A training step of SimCLR runs the encoder on both views (2x) forward and backward (~3x forward).
 VIEWS = 2
@@ -263,35 +264,6 @@ def measure_peak(
     return results
 
 
-# --- experiment: Keras' composite batch norm ---------------------------------------------------------
-
-
-@contextlib.contextmanager
-def keras_batch_norm_in_resnet():
-    """Within this context, `build_resnet` makes Keras' own `BatchNormalization` layers.
-
-    The encoder normally uses `simclr_tf.models.batch_norm.BatchNormalization` (TensorFlow's fused
-    kernel for the training pass); `--keras_batch_norm` times the step with Keras 3's composite
-    batch norm instead, to show what the fusion gains.
-    """
-    from simclr_tf.models import resnet
-
-    original = resnet._batch_norm
-
-    def composite(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
-        return keras.layers.BatchNormalization(
-            axis=-1, momentum=batch_norm_decay, epsilon=resnet.BATCH_NORM_EPSILON, center=center,
-            gamma_initializer="zeros" if zero_init else "ones", synchronized=global_bn, name=name,
-            dtype=dtype,
-        )
-
-    resnet._batch_norm = composite
-    try:
-        yield
-    finally:
-        resnet._batch_norm = original
-
-
 # --- training step -------------------------------------------------------------------------------------
 
 
@@ -305,44 +277,40 @@ def build_train_model(
 ) -> SimCLRModel:
     """A compiled SimCLR model as `simclr_tf.train` builds it (LARS, warm-up + cosine, online linear head).
 
+    Built by `simclr_tf.models.build.build_model`, the builder training uses, from a config of the
+    case: the SimCLRv2 projection head (3 layers, 128-d), LARS with weight decay 1e-6.
+
     Args:
         case: the model and input size.
         jit_compile: compile the train step with XLA.
         global_bn: synchronised batch norm; `None` takes `ModelConfig`'s default.
         num_classes: classes of the online linear head (0: none).
-        keras_batch_norm: build the encoder with Keras' composite batch norm (an experiment).
+        keras_batch_norm: build the encoder with Keras' composite batch norm instead of the fused
+            one (an experiment: `build_model(..., fused_batch_norm=False)`).
 
     Returns:
         The built, compiled `SimCLRModel` with its optimizer built.
     """
     defaults = ModelConfig()
-    with keras_batch_norm_in_resnet() if keras_batch_norm else contextlib.nullcontext():
-        model = _simclr_model(case, defaults, global_bn, num_classes)
-    model(tf.zeros([1, case.image_size, case.image_size, 3]), training=False)
+    config = Config(
+        data=DataConfig(dataset="synthetic", image_size=case.image_size),
+        model=ModelConfig(
+            resnet_depth=case.resnet_depth,
+            cifar_stem=case.cifar_stem,
+            num_proj_layers=3,
+            global_bn=defaults.global_bn if global_bn is None else global_bn,
+        ),
+        loss=LossConfig(temperature=0.5 if case.image_size <= 32 else 0.1),
+        optimizer=OptimizerConfig(optimizer="lars", weight_decay=1e-6),
+    ).resolved()
+    model = build_model(config, num_classes, fused_batch_norm=not keras_batch_norm)
     learning_rate = WarmupCosineDecay(0.3 * case.batch_size / 256, warmup_steps=10, total_steps=1000)
     optimizer = build_optimizer("lars", learning_rate, momentum=0.9, weight_decay=1e-6)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
     model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    optimizer.build(model.trainable_variables)
     return model
-
-
-def _simclr_model(case: Case, defaults: ModelConfig, global_bn: bool | None, num_classes: int) -> SimCLRModel:
-    return SimCLRModel(
-        resnet_depth=case.resnet_depth,
-        cifar_stem=case.cifar_stem,
-        batch_norm_decay=defaults.batch_norm_decay,
-        global_bn=defaults.global_bn if global_bn is None else global_bn,
-        proj_head_mode=defaults.proj_head_mode,
-        proj_out_dim=defaults.proj_out_dim,
-        num_proj_layers=defaults.num_proj_layers,
-        num_classes=num_classes,
-        temperature=0.5 if case.image_size <= 32 else 0.1,
-        optimizer_name="lars",
-        weight_decay=1e-6,
-        name="simclr",
-    )
 
 
 @dataclasses.dataclass(frozen=True)

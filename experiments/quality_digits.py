@@ -94,7 +94,8 @@ def main(argv=None) -> int:
         TrainConfig,
     )
     from simclr_tf.data.sources import load_source
-    from simclr_tf.train import build_model, train
+    from simclr_tf.models.build import build_model
+    from simclr_tf.training import train
 
     config = Config(
         data=DataConfig(dataset="digits", image_size=args.image_size),

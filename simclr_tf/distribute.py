@@ -4,8 +4,9 @@ SimCLR needs large batches spread over many devices, with negatives (NT-Xent) an
 statistics (`global_bn`) shared across replicas. The loss and the layers do the sharing
 (`simclr_tf.losses.nt_xent` all-gathers the projections; `BatchNormalization(synchronized=True)`
 all-reduces the moments); this module only chooses where the replicas live, checks that the
-global batch splits evenly over them, and tells which process is the chief that writes
-checkpoints, summaries and exports.
+global batch splits evenly over them, tells which process is the chief that writes
+checkpoints, summaries and exports, distributes input pipelines, and holds the workarounds that
+Keras 3 needs under `MultiWorkerMirroredStrategy` and the barrier between workers.
 
 References:
     - [Chen et al., 2020. A Simple Framework for Contrastive Learning of Visual
@@ -20,7 +21,7 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from simclr_tf.config import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -299,4 +300,61 @@ def check_batch_divisible(global_batch_size: int, num_replicas: int, name: str =
     return global_batch_size // num_replicas
 
 
-__all__ = ["STRATEGIES", "check_batch_divisible", "is_chief", "make_strategy", "read_tf_config"]
+def is_multi_worker(strategy) -> bool:
+    """Whether `strategy` spans several worker processes (`MultiWorkerMirroredStrategy`)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def distribute_dataset(make, strategy):
+    """`make(input_context)`'s dataset, one shard per input pipeline when the strategy has several.
+
+    With one replica in one process, `make(None)` as it is; otherwise
+    `strategy.distribute_datasets_from_function(make)`.
+    """
+    if strategy.num_replicas_in_sync == 1 and not is_multi_worker(strategy):
+        return make(None)
+    return strategy.distribute_datasets_from_function(make)
+
+
+def wait_for_all_workers(strategy) -> None:
+    """A barrier across the workers of a multi-worker strategy (nothing to do otherwise)."""
+    if is_multi_worker(strategy):
+        barrier = tf.function(lambda: strategy.reduce("SUM", strategy.run(tf.ones, ([],)), axis=None),
+                              autograph=False)
+        barrier()
+
+
+def work_around_keras_multi_worker(model) -> None:
+    """Lets a built, compiled model `fit` and `evaluate` under MultiWorkerMirroredStrategy.
+
+    Keras 3 trips over this strategy twice (keras-team/keras#20585, tensorflow/tensorflow#72388):
+
+    - Before `fit` and `evaluate` it averages a whole input batch over the replicas with
+      `strategy.reduce` to build the model symbolically, which fails on a nested batch ("Attempt
+      to convert a value (PerReplica ...) to a Tensor"). That build has nothing to do once the
+      model, its metrics and its optimizer are built: skip it.
+    - It averages each step's outputs with `strategy.reduce("MEAN", value, axis=0)`, which
+      expects a batch axis and fails on the scalar metrics ("Invalid reduction dimension 0 for
+      input with 0 dimensions"). Giving each scalar a batch axis of one makes that the mean over
+      all replicas of all workers, the same value as under MirroredStrategy.
+
+    Raises:
+        RuntimeError: if the model or its optimizer is not built yet.
+    """
+    unbuilt = [layer.name for layer in model._flatten_layers() if not layer.built]
+    if unbuilt or not model.optimizer.built:
+        raise RuntimeError(f"Build the model and its optimizer first; not built: {unbuilt or 'optimizer'}.")
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+    def with_batch_axis(step):
+        def step_with_batch_axis(data):
+            return {name: tf.reshape(value, [1]) for name, value in step(data).items()}  # () -> (1,)
+
+        return step_with_batch_axis
+
+    model.train_step = with_batch_axis(model.train_step)
+    model.test_step = with_batch_axis(model.test_step)
+
+
+__all__ = ["STRATEGIES", "check_batch_divisible", "distribute_dataset", "is_chief", "is_multi_worker",
+           "make_strategy", "read_tf_config", "wait_for_all_workers", "work_around_keras_multi_worker"]

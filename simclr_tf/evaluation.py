@@ -141,7 +141,7 @@ class KNNMonitor(keras.callbacks.Callback):
         self.history = []
 
     def evaluate(self):
-        encoder = self.model.encoder
+        encoder = self.model  # a SimCLRModel's call returns its features, whatever its encoder
         bank, bank_labels = extract_features(encoder, self.train_dataset)
         queries, query_labels = extract_features(encoder, self.eval_dataset)
         keep = bank_labels >= 0

@@ -23,106 +23,116 @@ from absl import logging as absl_logging
 
 from simclr_tf.config import Config, ConfigError
 
-# (flag, config section, field, kind, default, help). Defaults are the quickstart's where it
-# differs from the dataclass default (digits, ResNet-18, CIFAR recipe for 32 px images).
+# (flag, config section, field, kind, help). Each flag's default is its config field's default
+# (`Config()` is the quickstart), so the CLI and the library cannot disagree.
 _FLAG_SPECS = [
     # data
-    ("dataset", "data", "dataset", str, "digits",
+    ("dataset", "data", "dataset", str,
      "Data set: `digits` (built in), `synthetic`, `folder` (with --image_dir) or a TFDS name "
      "(cifar10, imagenet2012, ...)."),
-    ("data_dir", "data", "data_dir", str, None, "TFDS data directory."),
-    ("download", "data", "download", bool, True, "Let TFDS download and prepare missing data."),
-    ("image_dir", "data", "image_dir", str, None,
+    ("data_dir", "data", "data_dir", str, "TFDS data directory."),
+    ("download", "data", "download", bool, "Let TFDS download and prepare missing data."),
+    ("image_dir", "data", "image_dir", str,
      "Root folder of images for --dataset=folder (class sub-folders give labels)."),
-    ("eval_image_dir", "data", "eval_image_dir", str, None, "Separate folder of evaluation images."),
-    ("train_split", "data", "train_split", str, "train", "Training split."),
-    ("eval_split", "data", "eval_split", str, "test", "Evaluation split."),
-    ("image_size", "data", "image_size", int, None, "Input image side; default: the data set's."),
-    ("cache_dataset", "data", "cache_dataset", bool, True, "Cache decoded images in memory."),
-    ("train_label_fraction", "data", "train_label_fraction", float, 1.0,
+    ("eval_image_dir", "data", "eval_image_dir", str, "Separate folder of evaluation images."),
+    ("train_split", "data", "train_split", str, "Training split."),
+    ("eval_split", "data", "eval_split", str, "Evaluation split."),
+    ("image_size", "data", "image_size", int, "Input image side; default: the data set's."),
+    ("cache_dataset", "data", "cache_dataset", bool, "Cache decoded images in memory."),
+    ("train_label_fraction", "data", "train_label_fraction", float,
      "Fraction of labels used for supervised training (class-balanced, e.g. 0.01 or 0.1)."),
-    ("train_labels_per_class", "data", "train_labels_per_class", int, 0,
+    ("synthetic_examples", "data", "synthetic_examples", int,
+     "Images of the `synthetic` data set (coloured shapes made on the fly)."),
+    ("train_labels_per_class", "data", "train_labels_per_class", int,
      "If > 0, use exactly this many labelled images per class."),
     # augmentation
-    ("color_jitter_strength", "augment", "color_jitter_strength", float, None,
+    ("color_jitter_strength", "augment", "color_jitter_strength", float,
      "Colour distortion strength; default 1.0, or 0.5 for images of 32 px or less."),
-    ("use_blur", "augment", "use_blur", bool, None,
+    ("use_blur", "augment", "use_blur", bool,
      "Gaussian blur; default on, off for images of 32 px or less."),
-    ("color_jitter_impl", "augment", "color_jitter_impl", str, "v2", "Colour jitter of SimCLR `v1` or `v2`."),
-    ("crop_min_area", "augment", "crop_min_area", float, 0.08, "Smallest area fraction of random crops."),
-    ("random_flip", "augment", "random_flip", bool, True, "Random horizontal flips of the views."),
+    ("color_jitter_impl", "augment", "color_jitter_impl", str, "Colour jitter of SimCLR `v1` or `v2`."),
+    ("crop_min_area", "augment", "crop_min_area", float, "Smallest area fraction of random crops."),
+    ("random_flip", "augment", "random_flip", bool, "Random horizontal flips of the views."),
     # model
-    ("resnet_depth", "model", "resnet_depth", int, 18, "ResNet depth: 18, 34, 50, 101, 152, 200."),
-    ("width_multiplier", "model", "width_multiplier", int, 1, "ResNet width multiplier."),
-    ("sk_ratio", "model", "sk_ratio", float, 0.0, "Selective-kernel ratio (SimCLRv2: 0.0625); 0 disables."),
-    ("se_ratio", "model", "se_ratio", float, 0.0, "Squeeze-excitation ratio; 0 disables."),
-    ("cifar_stem", "model", "cifar_stem", bool, None, "3x3 stem without max-pool; default for <= 32 px."),
-    ("batch_norm_decay", "model", "batch_norm_decay", float, 0.9, "Batch-norm moving-average decay."),
-    ("global_bn", "model", "global_bn", bool, True, "Synchronise batch norm across replicas."),
-    ("proj_head_mode", "model", "proj_head_mode", str, "nonlinear", "none, linear or nonlinear."),
-    ("proj_out_dim", "model", "proj_out_dim", int, 128, "Projection output size."),
-    ("num_proj_layers", "model", "num_proj_layers", int, 2,
+    ("resnet_depth", "model", "resnet_depth", int, "ResNet depth: 18, 34, 50, 101, 152, 200."),
+    ("width_multiplier", "model", "width_multiplier", int, "ResNet width multiplier."),
+    ("sk_ratio", "model", "sk_ratio", float, "Selective-kernel ratio (SimCLRv2: 0.0625); 0 disables."),
+    ("se_ratio", "model", "se_ratio", float, "Squeeze-excitation ratio; 0 disables."),
+    ("cifar_stem", "model", "cifar_stem", bool, "3x3 stem without max-pool; default for <= 32 px."),
+    ("batch_norm_decay", "model", "batch_norm_decay", float, "Batch-norm moving-average decay."),
+    ("global_bn", "model", "global_bn", bool, "Synchronise batch norm across replicas."),
+    ("proj_head_mode", "model", "proj_head_mode", str, "none, linear or nonlinear."),
+    ("proj_out_dim", "model", "proj_out_dim", int, "Projection output size."),
+    ("num_proj_layers", "model", "num_proj_layers", int,
      "Projection head layers (2 in SimCLRv1, 3 in SimCLRv2)."),
-    ("ft_proj_selector", "model", "ft_proj_selector", int, 0,
+    ("ft_proj_selector", "model", "ft_proj_selector", int,
      "Projection layer that fine-tuning starts from (0: the encoder output)."),
-    ("zero_init_logits_layer", "model", "zero_init_logits_layer", bool, False,
+    ("zero_init_logits_layer", "model", "zero_init_logits_layer", bool,
      "Zero-initialise the supervised head."),
     # loss
-    ("temperature", "loss", "temperature", float, 0.5, "NT-Xent temperature."),
-    ("hidden_norm", "loss", "hidden_norm", bool, True, "L2-normalise projections in NT-Xent."),
+    ("temperature", "loss", "temperature", float, "NT-Xent temperature."),
+    ("hidden_norm", "loss", "hidden_norm", bool, "L2-normalise projections in NT-Xent."),
     # optimizer
-    ("optimizer", "optimizer", "optimizer", str, "lars", "lars, momentum or adam."),
-    ("learning_rate", "optimizer", "learning_rate", float, 1.0, "Base learning rate."),
-    ("learning_rate_scaling", "optimizer", "learning_rate_scaling", str, "linear",
+    ("optimizer", "optimizer", "optimizer", str, "lars, momentum or adam."),
+    ("learning_rate", "optimizer", "learning_rate", float, "Base learning rate."),
+    ("learning_rate_scaling", "optimizer", "learning_rate_scaling", str,
      "linear (lr * B / 256), sqrt (lr * sqrt(B)) or none."),
-    ("warmup_epochs", "optimizer", "warmup_epochs", float, 2.0, "Warm-up epochs."),
-    ("momentum", "optimizer", "momentum", float, 0.9, "Momentum."),
-    ("weight_decay", "optimizer", "weight_decay", float, 1e-4, "Weight decay."),
-    ("lars_eta", "optimizer", "lars_eta", float, 0.001, "LARS trust coefficient."),
+    ("warmup_epochs", "optimizer", "warmup_epochs", float, "Warm-up epochs."),
+    ("momentum", "optimizer", "momentum", float, "Momentum."),
+    ("weight_decay", "optimizer", "weight_decay", float, "Weight decay."),
+    ("lars_eta", "optimizer", "lars_eta", float, "LARS trust coefficient."),
     # training
-    ("mode", "train", "mode", str, "train_then_eval", "train, eval or train_then_eval."),
-    ("train_mode", "train", "train_mode", str, "pretrain", "pretrain or finetune."),
-    ("lineareval_while_pretraining", "train", "lineareval_while_pretraining", bool, True,
+    ("mode", "train", "mode", str, "train, eval or train_then_eval."),
+    ("train_mode", "train", "train_mode", str, "pretrain or finetune."),
+    ("lineareval_while_pretraining", "train", "lineareval_while_pretraining", bool,
      "Train a linear head on frozen features while pretraining (needs labels)."),
-    ("fine_tune_after_block", "train", "fine_tune_after_block", int, -1,
+    ("fine_tune_after_block", "train", "fine_tune_after_block", int,
      "-1 fine-tunes everything; k freezes up to block group k; 4 is linear evaluation."),
-    ("train_batch_size", "train", "train_batch_size", int, 128, "Global training batch size."),
-    ("eval_batch_size", "train", "eval_batch_size", int, 256, "Global evaluation batch size."),
-    ("train_epochs", "train", "train_epochs", int, 20, "Training epochs."),
-    ("train_steps", "train", "train_steps", int, 0, "Training steps; overrides train_epochs if > 0."),
-    ("eval_steps", "train", "eval_steps", int, 0, "Evaluation steps; 0 evaluates the whole split."),
-    ("checkpoint_epochs", "train", "checkpoint_epochs", int, 1, "Checkpoint every this many epochs."),
-    ("checkpoint_steps", "train", "checkpoint_steps", int, 0,
+    ("train_batch_size", "train", "train_batch_size", int, "Global training batch size."),
+    ("eval_batch_size", "train", "eval_batch_size", int, "Global evaluation batch size."),
+    ("train_epochs", "train", "train_epochs", int, "Training epochs."),
+    ("train_steps", "train", "train_steps", int, "Training steps; overrides train_epochs if > 0."),
+    ("eval_steps", "train", "eval_steps", int, "Evaluation steps; 0 evaluates the whole split."),
+    ("checkpoint_epochs", "train", "checkpoint_epochs", int, "Checkpoint every this many epochs."),
+    ("checkpoint_steps", "train", "checkpoint_steps", int,
      "Checkpoint every this many steps; overrides checkpoint_epochs if > 0."),
-    ("keep_checkpoint_max", "train", "keep_checkpoint_max", int, 5, "Checkpoints kept."),
-    ("keep_hub_module_max", "train", "keep_hub_module_max", int, 1, "Exported SavedModels kept."),
-    ("model_dir", "train", "model_dir", str, "runs/digits_quickstart",
+    ("keep_checkpoint_max", "train", "keep_checkpoint_max", int, "Checkpoints kept."),
+    ("keep_hub_module_max", "train", "keep_hub_module_max", int, "Exported SavedModels kept."),
+    ("model_dir", "train", "model_dir", str,
      "Where checkpoints, logs, results and exports go."),
-    ("checkpoint", "train", "checkpoint", str, None,
+    ("checkpoint", "train", "checkpoint", str,
      "Checkpoint (prefix or model_dir) to initialise from, e.g. for fine-tuning."),
-    ("seed", "train", "seed", int, 0, "Seed for weights, augmentation and data order."),
-    ("jit_compile", "train", "jit_compile", bool, False, "Compile the train step with XLA."),
-    ("precision", "train", "precision", str, "float32", "float32, mixed_bfloat16 or mixed_float16."),
-    ("steps_per_execution", "train", "steps_per_execution", int, 1, "Train steps per call into TF."),
-    ("knn_every_epochs", "train", "knn_every_epochs", int, 0, "kNN monitor period in epochs; 0 disables."),
-    ("linear_eval_epochs", "train", "linear_eval_epochs", int, 30,
+    ("seed", "train", "seed", int, "Seed for weights, augmentation and data order."),
+    ("jit_compile", "train", "jit_compile", bool, "Compile the train step with XLA."),
+    ("precision", "train", "precision", str, "float32, mixed_bfloat16 or mixed_float16."),
+    ("steps_per_execution", "train", "steps_per_execution", int, "Train steps per call into TF."),
+    ("knn_every_epochs", "train", "knn_every_epochs", int, "kNN monitor period in epochs; 0 disables."),
+    ("linear_eval_epochs", "train", "linear_eval_epochs", int,
      "After pretraining, epochs of linear evaluation on the frozen encoder (0 disables)."),
-    ("linear_eval_learning_rate", "train", "linear_eval_learning_rate", float, 0.1,
+    ("linear_eval_learning_rate", "train", "linear_eval_learning_rate", float,
      "Base learning rate of that linear evaluation (Nesterov momentum, lr * B / 256)."),
-    ("deterministic", "train", "deterministic", bool, False,
+    ("deterministic", "train", "deterministic", bool,
      "Deterministic TensorFlow ops: a seed gives bit-identical weights, resumed or not."),
     # runtime
-    ("strategy", "runtime", "strategy", str, "default", "default, mirrored, multi_worker or tpu."),
-    ("tpu_name", "runtime", "tpu_name", str, None, "TPU name for the cluster resolver."),
-    ("tpu_zone", "runtime", "tpu_zone", str, None, "TPU zone."),
-    ("gcp_project", "runtime", "gcp_project", str, None, "Google Cloud project of the TPU."),
+    ("strategy", "runtime", "strategy", str, "default, mirrored, multi_worker or tpu."),
+    ("tpu_name", "runtime", "tpu_name", str, "TPU name for the cluster resolver."),
+    ("tpu_zone", "runtime", "tpu_zone", str, "TPU zone."),
+    ("gcp_project", "runtime", "gcp_project", str, "Google Cloud project of the TPU."),
 ]
 
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            bool: flags.DEFINE_bool}
 
-for _name, _section, _field, _kind, _default, _help in _FLAG_SPECS:
-    _DEFINE[_kind](_name, _default, _help)
+_DEFAULTS = Config()
+
+
+def flag_default(section: str, field: str):
+    """The default of a flag: the field's default in `Config()`."""
+    return getattr(getattr(_DEFAULTS, section), field)
+
+
+for _name, _section, _field, _kind, _help in _FLAG_SPECS:
+    _DEFINE[_kind](_name, flag_default(_section, _field), _help)
 flags.DEFINE_bool("use_tpu", False, "Original SimCLR flag: the same as --strategy=tpu.")
 flags.DEFINE_list("devices", [], "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1.")
 
@@ -132,7 +142,7 @@ FLAGS = flags.FLAGS
 def config_from_flags(flag_values) -> Config:
     """Turns parsed flags into a typed Config (not yet validated)."""
     sections: dict[str, dict] = {}
-    for name, section, field, _kind, _default, _help in _FLAG_SPECS:
+    for name, section, field, _kind, _help in _FLAG_SPECS:
         sections.setdefault(section, {})[field] = flag_values[name].value
     if flag_values.use_tpu:
         sections["runtime"]["strategy"] = "tpu"
@@ -149,7 +159,9 @@ def _print_summary(results: dict) -> None:
     if "online_eval_top1" in results:
         print(f"Online linear head (trained while pretraining): top-1 {results['online_eval_top1']:.2%}")
     if "eval_top1" in results:
-        print(f"Linear-eval accuracy on {results['eval_split']}: top-1 {results['eval_top1']:.2%}, "
+        protocol = results.get("eval_protocol", "")
+        what = "Linear-eval accuracy" if protocol.startswith("linear") else f"Accuracy ({protocol})"
+        print(f"{what} on {results['eval_split']}: top-1 {results['eval_top1']:.2%}, "
               f"top-5 {results['eval_top5']:.2%} ({results['eval_examples']} images)")
     if "train_seconds" in results:
         print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s")
@@ -178,7 +190,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # TF's INFO chatter hides the progress lines
     # TensorFlow is imported only now, after the flags were checked.
     from simclr_tf.distribute import make_strategy
-    from simclr_tf.train import train
+    from simclr_tf.training import train
 
     try:
         strategy = make_strategy(

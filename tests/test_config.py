@@ -79,3 +79,59 @@ def test_json_round_trip(tmp_path):
     path = save_config(config, str(tmp_path))
     assert load_config(path) == config
     assert dataclasses.asdict(load_config(path)) == dataclasses.asdict(config)
+
+
+# --- one source of defaults and vocabularies ------------------------------------------------------
+
+
+def test_cli_defaults_are_the_config_defaults():
+    from absl import flags
+
+    from simclr_tf import run
+
+    values = flags.FlagValues()
+    for name, section, field, kind, help_text in run._FLAG_SPECS:
+        define = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                  bool: flags.DEFINE_bool}[kind]
+        define(name, run.flag_default(section, field), help_text, flag_values=values)
+    flags.DEFINE_bool("use_tpu", False, "", flag_values=values)
+    flags.DEFINE_list("devices", [], "", flag_values=values)
+    values(["prog"])
+    # The CLI with no flags is exactly Config(): the quickstart.
+    assert run.config_from_flags(values) == Config()
+    for name, section, field, _kind, _help in run._FLAG_SPECS:
+        assert run.FLAGS[name].default == getattr(getattr(Config(), section), field), name
+
+
+def test_every_config_field_of_a_run_has_a_flag():
+    from simclr_tf import run
+
+    flagged = {(section, field) for _, section, field, _, _ in run._FLAG_SPECS} | {("runtime", "devices")}
+    fields = {(part.name, f.name) for part in dataclasses.fields(Config)
+              for f in dataclasses.fields(getattr(Config(), part.name))}
+    assert fields - flagged == {("model", "num_classes")}  # taken from the data, or from a checkpoint
+
+
+VOCABULARIES = ("MODES", "TRAIN_MODES", "RESNET_DEPTHS", "PROJ_HEAD_MODES", "OPTIMIZERS",
+                "LEARNING_RATE_SCALINGS", "COLOR_JITTER_IMPLS", "STRATEGIES", "PRECISIONS",
+                "SMALL_IMAGE_SIZE", "BATCH_NORM_EPSILON")
+
+
+def test_vocabularies_and_shared_constants_are_defined_once():
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parents[1] / "simclr_tf"
+    definitions, helpers = {}, {}
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id in VOCABULARIES:
+                        definitions.setdefault(target.id, []).append(path.name)
+            if isinstance(node, ast.FunctionDef) and node.name in ("_check_positive_int", "_check_number"):
+                helpers.setdefault(node.name, []).append(path.name)
+    assert {name: len(where) for name, where in definitions.items() if len(where) > 1} == {}
+    assert set(definitions) == set(VOCABULARIES)
+    assert helpers == {}, f"use simclr_tf.validation instead of local copies: {helpers}"

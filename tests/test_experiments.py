@@ -41,7 +41,7 @@ def test_recipe_starts_on_mock_data(name, tmp_path):
 
     import tensorflow_datasets as tfds
 
-    from simclr_tf.train import train
+    from simclr_tf.training import train
 
     flag_values = flags.FLAGS
     try:

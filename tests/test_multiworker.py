@@ -89,7 +89,7 @@ def _checkpoint_encoder(model_dir, prefix):
 
     from simclr_tf import checkpoints
     from simclr_tf.config import load_config
-    from simclr_tf.train import build_model
+    from simclr_tf.models.build import build_model
 
     config = load_config(model_dir).resolved()
     num_classes = checkpoints.checkpoint_num_classes(prefix)

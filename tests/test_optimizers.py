@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.optimizers import (
-    LARS,
-    ScheduleSteps,
-    WarmupCosineDecay,
-    build_optimizer,
-    compute_schedule,
-    weight_decay_loss,
-)
+from simclr_tf.optimizers import LARS, NAME_RULE, VariableRoles, build_optimizer, weight_decay_loss
+from simclr_tf.schedules import ScheduleSteps, WarmupCosineDecay, compute_schedule
 
 # --- a NumPy transcription of the LARS rule (the original SimCLR code) ------------------------
 
@@ -289,6 +283,25 @@ def test_warmup_longer_than_training_follows_the_ramp_then_stops():
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("peak, warmup, total", [(4.8, 3128, 31279), (2.0, 10, 110), (0.3, 0, 50),
+                                                 (1.0, 7, 8), (1.0, 10, 4)])
+def test_schedule_is_the_original_formula_at_every_step(peak, warmup, total):
+    """lr 0 at step 0, linear warm-up, cosine to 0 at total_steps and 0 after (original code)."""
+    schedule = WarmupCosineDecay(peak, warmup, total)
+    steps = np.arange(0, total + 3)
+    expected = []
+    for step in steps:
+        if step >= total:
+            expected.append(0.0)
+        elif step < warmup:
+            expected.append(peak * step / warmup)
+        else:
+            expected.append(peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+    got = tf.function(lambda s: tf.map_fn(schedule, s, fn_output_signature=tf.float32))(
+        tf.constant(steps, tf.int64))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=2e-6, atol=1e-6 * peak)
+
+
 def test_schedule_config_round_trip():
     schedule = WarmupCosineDecay(1.5, 7, 70)
     restored = WarmupCosineDecay.from_config(schedule.get_config())
@@ -484,3 +497,69 @@ def test_weight_decay_loss_rejects_unknown_optimizers():
     with pytest.raises(ValueError, match=r"`optimizer_name` must be one of 'lars', 'momentum', 'adam'\. "
                                          r"Received: optimizer_name='sgd'"):
         weight_decay_loss([], optimizer_name="sgd", weight_decay=1e-6)
+
+
+# --- exclusion by role --------------------------------------------------------------------------
+
+
+def _lars_excluded(optimizer, variables):
+    optimizer.build(variables)
+    return {v.path for v, decay in zip(variables, optimizer._decay_flags, strict=True) if not decay}
+
+
+def test_roles_of_a_keras_applications_resnet50_are_its_batch_norms_and_biases():
+    backbone = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
+                                           input_shape=(32, 32, 3))
+    roles = VariableRoles.of(backbone)
+    # Reference by Keras' naming of this architecture: batch norms end in "_bn", conv biases "/bias".
+    bn = {id(v) for v in backbone.weights if v.path.split("/")[-2].endswith("_bn")}
+    biases = {id(v) for v in backbone.weights if v.path.endswith("/bias")}
+    assert len(bn) == 53 * 4 and roles.normalization == bn
+    assert len(biases) == 53 and roles.bias == biases
+    optimizer = LARS(0.1, weight_decay=1e-4)
+    optimizer.set_variable_roles(roles)
+    excluded = _lars_excluded(optimizer, backbone.trainable_variables)
+    trainable_bn = {v.path for v in backbone.trainable_variables if id(v) in bn}
+    assert len(trainable_bn) == 106  # gamma and beta of 53 batch norms
+    assert excluded == trainable_bn | {v.path for v in backbone.trainable_variables if id(v) in biases}
+
+
+def test_roles_follow_the_layer_not_its_name():
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(4, use_bias=False, name="batch_norm_lookalike")(inputs)  # a kernel: decayed
+    x = keras.layers.BatchNormalization(name="bn")(x)  # a batch norm named "bn": excluded
+    x = keras.layers.Dense(3, name="out")(x)  # kernel decayed, bias excluded
+    model = keras.Model(inputs, x)
+    optimizer = LARS(0.1, weight_decay=1e-4)
+    optimizer.set_variable_roles(VariableRoles.of(model))
+    excluded = _lars_excluded(optimizer, model.trainable_variables)
+    assert excluded == {"bn/gamma", "bn/beta", "out/bias"}
+    # The original's name rule, where no roles are given, gets both wrong.
+    by_name = _lars_excluded(LARS(0.1, weight_decay=1e-4), model.trainable_variables)
+    assert by_name == {"batch_norm_lookalike/kernel", "out/bias"}
+    assert NAME_RULE == ("batch_norm", "bias", "head_supervised")
+
+
+def test_roles_given_after_build_change_the_decisions():
+    inputs = keras.Input((8,))
+    outputs = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(4, name="d")(inputs))
+    model = keras.Model(inputs, outputs)
+    optimizer = LARS(0.1, weight_decay=1e-4)
+    optimizer.build(model.trainable_variables)
+    assert optimizer._decay_flags == [True, False, True, True]  # names: only d/bias matches
+    optimizer.set_variable_roles(VariableRoles.of(model))
+    assert optimizer._decay_flags == [True, False, False, False]
+    assert optimizer._adaptation_flags == [True, False, False, False]
+
+
+def test_weight_decay_loss_by_role_skips_a_batch_norm_named_bn():
+    inputs = keras.Input((8,))
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(4, name="d")(inputs))
+    model = keras.Model(inputs, x)
+    for v in model.trainable_variables:
+        v.assign(np.full(v.shape, 2.0, np.float32))
+    roles = VariableRoles.of(model)
+    loss = weight_decay_loss(model.trainable_variables, optimizer_name="momentum", weight_decay=0.1,
+                             roles=roles)
+    # d/kernel (8x4) and d/bias (4) decayed: 0.1 * (32 + 4) * 4 / 2; gamma and beta of "bn" not.
+    np.testing.assert_allclose(float(loss), 0.1 * 36 * 2.0, rtol=1e-6)

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from simclr_tf.checkpoints import CheckpointMismatchError
 from simclr_tf.config import Config, DataConfig, OptimizerConfig, TrainConfig
-from simclr_tf.train import TrainingDiverged, train
+from simclr_tf.training import TrainingDiverged, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

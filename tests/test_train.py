@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.config import Config, DataConfig, TrainConfig
-from simclr_tf.train import train
+from simclr_tf.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,6 +76,7 @@ def test_cli_rejects_bad_flags_before_any_work(tmp_path):
 
 
 def _tiny_config(model_dir, **train):
+    train.setdefault("linear_eval_epochs", 0)
     config = Config()
     return dataclasses.replace(
         config,

@@ -97,14 +97,6 @@ FEATURE_NAMES = (
 _BOTTLENECK_EXPANSION = 4
 
 
-def _batch_norm(name, batch_norm_decay, global_bn, zero_init=False, center=True, dtype=None):
-    # The batch norm of `build_resnet(fused_batch_norm=True)`. A module-level name only because
-    # experiments/benchmark.py replaces it to time Keras' own layer; once it passes
-    # `fused_batch_norm=False` instead, the builder can call `make_batch_norm` directly.
-    return make_batch_norm(name, batch_norm_decay, global_bn, zero_init=zero_init, center=center,
-                           dtype=dtype)
-
-
 def resnet_output_dim(resnet_depth, width_multiplier=1):
     """Width of the encoder's `final_avg_pool` (and `block_group4`) features.
 
@@ -161,11 +153,8 @@ class _Builder:
         )(x)
 
     def batch_norm(self, x, name, relu=True, zero_init=False):
-        if self.fused_batch_norm:
-            layer = _batch_norm(name, self.batch_norm_decay, self.global_bn, zero_init=zero_init)
-        else:
-            layer = make_batch_norm(name, self.batch_norm_decay, self.global_bn, zero_init=zero_init,
-                                    fused=False)
+        layer = make_batch_norm(name, self.batch_norm_decay, self.global_bn, zero_init=zero_init,
+                                fused=self.fused_batch_norm)
         x = layer(x)
         if relu:
             x = layers.ReLU(name=name.replace("batch_norm", "relu"))(x)

@@ -1,21 +1,69 @@
-"""SimCLRModel: the encoder, its heads, and the custom train/test steps that tie them together."""
+"""SimCLRModel: an encoder (ours or any Keras model), its heads, and the train/test steps."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+from keras import ops
 
+from simclr_tf.config import TRAIN_MODES
 from simclr_tf.losses import nt_xent
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
-from simclr_tf.models.resnet import build_resnet, freeze_up_to_block, resnet_output_dim
-from simclr_tf.optimizers import weight_decay_loss
+from simclr_tf.models.resnet import build_resnet, freeze_up_to_block
+from simclr_tf.optimizers import LARS, VariableRoles, weight_decay_loss
 
-TRAIN_MODES = ("pretrain", "finetune")
+FEATURE = "final_avg_pool"  # the encoder output the heads read
+
+
+def encoder_features(encoder, images, training=False) -> dict:
+    """The named features of `encoder` on `images`: always a dict holding `final_avg_pool`.
+
+    Our ResNet returns such a dict already. Any other encoder may return a feature vector
+    `(batch_size, dim)`, which becomes `final_avg_pool`, or a feature map
+    `(batch_size, height, width, channels)`, which is average-pooled into it.
+    """
+    outputs = encoder(images, training=training)
+    if isinstance(outputs, dict):
+        if FEATURE not in outputs:
+            raise ValueError(
+                f"An encoder that returns a dict must have a `{FEATURE}` entry (the pooled features "
+                f"the heads read). Received keys: {sorted(outputs)}."
+            )
+        return dict(outputs)
+    rank = len(outputs.shape)
+    if rank == 4:
+        return {FEATURE: ops.mean(outputs, axis=(1, 2))}
+    if rank == 2:
+        return {FEATURE: outputs}
+    raise ValueError(
+        "The encoder must map images to a feature vector (batch_size, dim), a feature map "
+        "(batch_size, height, width, channels) or a dict with `final_avg_pool`. Received an "
+        f"output of shape {tuple(outputs.shape)}."
+    )
+
+
+def _image_shape(input_shape) -> tuple:
+    """The shape of one image batch, also when given the shapes of two views."""
+    if isinstance(input_shape, (tuple, list)) and input_shape and isinstance(input_shape[0], (tuple, list)):
+        input_shape = input_shape[0]
+    return tuple(input_shape)
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class SimCLRModel(keras.Model):
-    """SimCLR: a ResNet encoder, a projection head, and an optional supervised head.
+    """SimCLR: an encoder, a projection head, and an optional supervised head.
+
+    The encoder is our ResNet, built from the `resnet_*` arguments, or any Keras model or layer
+    given as `encoder` that maps images to a feature vector (or a feature map, which is
+    average-pooled, or a dict with `final_avg_pool`); the heads size themselves from its output.
+    The model builds itself on the first batch, so plain Keras works:
+
+    ```python
+    model = SimCLRModel(encoder=keras.applications.ResNet50(weights=None, include_top=False,
+                                                            pooling="avg"))
+    model.compile(optimizer=LARS(WarmupCosineDecay(1.2, 100, 1000), weight_decay=1e-6))
+    model.fit(dataset_of_two_views)   # batches of ((view_1, view_2), labels)
+    ```
 
     In `pretrain` mode a training batch is `((view_1, view_2), labels)`. Both views go through the
     encoder in ONE pass (concatenated on the batch axis, so batch norm sees both views, as the
@@ -29,7 +77,9 @@ class SimCLRModel(keras.Model):
     only the supervised head trains and every frozen batch norm runs in inference mode.
 
     Weight decay follows the optimizer (see `simclr_tf.optimizers.weight_decay_loss`): inside LARS
-    for everything but the supervised head, an L2 term in the loss otherwise.
+    for everything but the supervised head, an L2 term in the loss otherwise. Which variables are
+    batch-norm parameters, biases or the supervised head is decided by the layers that own them
+    (`variable_roles()`), and handed to a LARS optimizer when the model is compiled or built.
 
     Under a `tf.distribute` strategy, Keras sums gradients over replicas, so the loss each replica
     differentiates is divided by the number of replicas: N replicas of batch B then train exactly
@@ -40,8 +90,11 @@ class SimCLRModel(keras.Model):
     supervised head, `logits_sup`.
 
     Args:
+        encoder: `keras.layers.Layer` (a `keras.Model` too) or None. The encoder; None builds our
+            ResNet from the arguments below. Defaults to None.
         resnet_depth, width_multiplier, cifar_stem, sk_ratio, se_ratio, batch_norm_decay,
-            global_bn: the encoder (see `build_resnet`).
+            global_bn, fused_batch_norm: our ResNet (see `build_resnet`); `batch_norm_decay` and
+            `global_bn` also configure the projection head.
         proj_head_mode, proj_out_dim, num_proj_layers: the projection head.
         ft_proj_selector: int. Projection-head layer that the supervised head reads in fine-tuning.
         num_classes: int. Classes of the supervised head; 0 for none.
@@ -51,12 +104,15 @@ class SimCLRModel(keras.Model):
         fine_tune_after_block: int. -1 trains everything; k freezes the stem and groups 1..k.
         temperature: float. NT-Xent temperature.
         hidden_norm: bool. L2-normalise projections in NT-Xent.
-        optimizer_name: str. `lars`, `momentum` or `adam`; decides where weight decay goes.
-        weight_decay: float. L2 weight decay.
+        optimizer_name: str or None. `lars`, `momentum` or `adam`; decides where the loss-term
+            weight decay goes. None: `lars` if the compiled optimizer is LARS, else `momentum`.
+        weight_decay: float. L2 weight decay of the loss term (LARS decays the other weights
+            itself, with its own `weight_decay`).
     """
 
     def __init__(
         self,
+        encoder=None,
         resnet_depth=50,
         width_multiplier=1,
         cifar_stem=False,
@@ -64,6 +120,7 @@ class SimCLRModel(keras.Model):
         se_ratio=0.0,
         batch_norm_decay=0.9,
         global_bn=False,
+        fused_batch_norm=True,
         proj_head_mode="nonlinear",
         proj_out_dim=128,
         num_proj_layers=3,
@@ -75,13 +132,25 @@ class SimCLRModel(keras.Model):
         fine_tune_after_block=-1,
         temperature=0.1,
         hidden_norm=True,
-        optimizer_name="lars",
+        optimizer_name=None,
         weight_decay=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. Received: {train_mode!r}.")
+        if encoder is not None and not isinstance(encoder, keras.layers.Layer):
+            raise ValueError(
+                "`encoder` must be a Keras model or layer mapping images (batch_size, height, width, 3) "
+                "to features, e.g. keras.applications.ResNet50(weights=None, include_top=False, "
+                f"pooling='avg'). Received: {type(encoder).__name__}."
+            )
+        if encoder is not None and fine_tune_after_block not in (-1, 4):
+            raise ValueError(
+                "`fine_tune_after_block` counts our ResNet's block groups; with your own `encoder` "
+                "use -1 (fine-tune everything) or 4 (freeze the encoder: linear evaluation), or "
+                f"freeze its layers yourself. Received: fine_tune_after_block={fine_tune_after_block!r}."
+            )
         if train_mode == "finetune" and not num_classes:
             raise ValueError(
                 "`train_mode='finetune'` needs labelled data: `num_classes` must be positive. "
@@ -92,6 +161,7 @@ class SimCLRModel(keras.Model):
         self.cifar_stem = cifar_stem
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
+        self.fused_batch_norm = fused_batch_norm
         self.batch_norm_decay = batch_norm_decay
         self.global_bn = global_bn
         self.proj_head_mode = proj_head_mode
@@ -108,7 +178,8 @@ class SimCLRModel(keras.Model):
         self.optimizer_name = optimizer_name
         self.weight_decay = weight_decay
 
-        self.encoder = build_resnet(
+        self.custom_encoder = encoder is not None
+        self.encoder = encoder if encoder is not None else build_resnet(
             resnet_depth,
             width_multiplier,
             cifar_stem=cifar_stem,
@@ -116,6 +187,7 @@ class SimCLRModel(keras.Model):
             se_ratio=se_ratio,
             batch_norm_decay=batch_norm_decay,
             global_bn=global_bn,
+            fused_batch_norm=fused_batch_norm,
             name="resnet",
         )
         self.projection_head = ProjectionHead(
@@ -132,13 +204,10 @@ class SimCLRModel(keras.Model):
             else None
         )
         if train_mode == "finetune":
-            freeze_up_to_block(self.encoder, fine_tune_after_block)
-            if fine_tune_after_block >= 4:
-                # Linear evaluation: the projection layers below the selector are frozen too. The
-                # head makes its layers when built, so build it first: freezing then reaches them,
-                # and frozen batch norm runs in inference mode.
-                self.projection_head.build((None, resnet_output_dim(resnet_depth, width_multiplier)))
-                self.projection_head.trainable = False
+            if self.custom_encoder:
+                self.encoder.trainable = fine_tune_after_block < 4
+            else:
+                freeze_up_to_block(self.encoder, fine_tune_after_block)
 
         self.contrastive_loss_tracker = keras.metrics.Mean(name="contrastive_loss")
         self.contrastive_accuracy = keras.metrics.Mean(name="contrastive_acc")
@@ -152,9 +221,43 @@ class SimCLRModel(keras.Model):
 
     # --- forward ------------------------------------------------------------------------------
 
+    def build(self, input_shape):
+        """Creates every variable: encoder, projection head (sized from the encoder's output) and
+        supervised head. `input_shape` is that of an image batch, or of two views."""
+        features = encoder_features(self.encoder, keras.KerasTensor(_image_shape(input_shape)))
+        h = features[FEATURE]
+        if len(h.shape) != 2 or h.shape[-1] is None:
+            raise ValueError(
+                f"The encoder's `{FEATURE}` must have shape (batch_size, dim). Received: {h.shape}.")
+        _, hiddens = self.projection_head(h)
+        if self.supervised_head is not None:
+            self.supervised_head.build(self._supervised_head_input(h, hiddens).shape)
+        if self.train_mode == "finetune" and self.fine_tune_after_block >= 4:
+            # Linear evaluation: the projection layers below the selector are frozen too (now that
+            # the head has made its layers), and frozen batch norm runs in inference mode.
+            self.projection_head.trainable = False
+        self.built = True
+        self._share_variable_roles()
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self._share_variable_roles()
+
+    def variable_roles(self) -> VariableRoles:
+        """Which variables are normalisation parameters, biases, or the supervised head's."""
+        return VariableRoles.of(self, supervised_head=self.supervised_head)
+
+    def _share_variable_roles(self):
+        optimizer = getattr(self, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
+        if self.built and hasattr(optimizer, "set_variable_roles"):
+            optimizer.set_variable_roles(self.variable_roles())
+
     def call(self, images, training=False):
-        features = dict(self.encoder(images, training=training))
-        h = features["final_avg_pool"]
+        if isinstance(images, (tuple, list)):  # (view_1, view_2), as in a training batch
+            images = ops.concatenate(list(images), axis=0)
+        features = encoder_features(self.encoder, images, training=training)
+        h = features[FEATURE]
         projection, hiddens = self.projection_head(h, training=training)
         features["proj_head_input"] = h
         features["proj_head_output"] = projection
@@ -164,7 +267,7 @@ class SimCLRModel(keras.Model):
         return features
 
     def _supervised_head_input(self, h, hiddens):
-        return hiddens[self.ft_proj_selector] if self.train_mode == "finetune" else tf.stop_gradient(h)
+        return hiddens[self.ft_proj_selector] if self.train_mode == "finetune" else ops.stop_gradient(h)
 
     @property
     def metrics(self):
@@ -205,7 +308,7 @@ class SimCLRModel(keras.Model):
             view_1, view_2 = x
             batch_size = tf.shape(view_1)[0]
             images = tf.concat([view_1, view_2], axis=0)  # (2N, H, W, 3): BN sees both views
-            h = self.encoder(images, training=training)["final_avg_pool"]
+            h = encoder_features(self.encoder, images, training=training)[FEATURE]
             z, _ = self.projection_head(h, training=training)
             z_1, z_2 = z[:batch_size], z[batch_size:]
             loss, logits_ab, labels_ab = nt_xent(
@@ -222,7 +325,7 @@ class SimCLRModel(keras.Model):
                 logits = self.supervised_head(tf.stop_gradient(h), training=training)
                 total += self._supervised_loss(tf.concat([labels, labels], axis=0), logits)
         else:
-            h = self.encoder(x, training=training)["final_avg_pool"]
+            h = encoder_features(self.encoder, x, training=training)[FEATURE]
             head_input = h
             if self.ft_proj_selector > 0:  # fine-tune from inside the projection head (SimCLRv2)
                 _, hiddens = self.projection_head(h, training=training)
@@ -232,17 +335,36 @@ class SimCLRModel(keras.Model):
         return total
 
     def _weight_decay(self):
+        optimizer_name = self.optimizer_name
+        if optimizer_name is None:
+            optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+            optimizer_name = "lars" if isinstance(optimizer, LARS) else "momentum"
         decay = weight_decay_loss(
             self.trainable_variables,
-            optimizer_name=self.optimizer_name,
+            optimizer_name=optimizer_name,
             weight_decay=self.weight_decay,
+            roles=self.variable_roles(),
         )
         self.weight_decay_tracker.update_state(decay)
         return decay
 
     # --- steps --------------------------------------------------------------------------------
 
+    def _build_for(self, x):
+        """Builds the model (and its optimizer, on every trainable variable) from a batch.
+
+        Plain `fit` without a strategy defers building to the first trace of the train step:
+        the variables must exist before the step lists them, and the optimizer must know them
+        all, also those that get no gradient in this mode.
+        """
+        if not self.built:
+            self.build(tf.nest.map_structure(lambda t: tuple(t.shape), x))
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.trainable_variables)
+
     def train_step(self, data):
+        self._build_for(data[0])
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             loss = self._forward_losses(data, training=True) + self._weight_decay()
@@ -262,9 +384,11 @@ class SimCLRModel(keras.Model):
 
     def test_step(self, data):
         x, labels = data
+        if not self.built:
+            self.build(tuple(x.shape))
         if self.supervised_head is None:
             raise ValueError("Evaluation needs a supervised head: the model has `num_classes=0`.")
-        h = self.encoder(x, training=False)["final_avg_pool"]
+        h = encoder_features(self.encoder, x, training=False)[FEATURE]
         _, hiddens = self.projection_head(h, training=False)
         logits = self.supervised_head(self._supervised_head_input(h, hiddens), training=False)
         loss = self._supervised_loss(labels, logits)
@@ -282,11 +406,21 @@ class SimCLRModel(keras.Model):
                 name: getattr(self, name)
                 for name in (
                     "resnet_depth", "width_multiplier", "cifar_stem", "sk_ratio", "se_ratio",
-                    "batch_norm_decay", "global_bn", "proj_head_mode", "proj_out_dim",
-                    "num_proj_layers", "ft_proj_selector", "num_classes", "zero_init_logits_layer",
-                    "train_mode", "lineareval_while_pretraining", "fine_tune_after_block",
-                    "temperature", "hidden_norm", "optimizer_name", "weight_decay",
+                    "batch_norm_decay", "global_bn", "fused_batch_norm", "proj_head_mode",
+                    "proj_out_dim", "num_proj_layers", "ft_proj_selector", "num_classes",
+                    "zero_init_logits_layer", "train_mode", "lineareval_while_pretraining",
+                    "fine_tune_after_block", "temperature", "hidden_norm", "optimizer_name",
+                    "weight_decay",
                 )
             }
         )
+        # A user's encoder serialises through Keras' own mechanism; ours from the arguments above.
+        config["encoder"] = keras.saving.serialize_keras_object(self.encoder) if self.custom_encoder else None
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("encoder") is not None:
+            config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)

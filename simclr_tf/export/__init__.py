@@ -26,19 +26,23 @@ implementation detail), so plain Keras 3 loads every other encoder without `simc
 Exports go to `<export_dir>/<global step>/`, written to a temporary directory first and renamed
 into place, so a reader never sees half an export; the newest `keep` exports are kept.
 
-Command line, from the latest (or a given) checkpoint of a run:
+Command line (`export/__main__.py`), from the latest (or a given) checkpoint of a run:
 
     python -m simclr_tf.export --model_dir runs/digits_quickstart [--checkpoint PATH] [--no_heads]
+
+This module imports nothing of the training wiring: training calls it, never the reverse.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 
+import keras
 import tensorflow as tf
+
+from simclr_tf.models.batch_norm import BatchNormalization
+from simclr_tf.models.simclr import encoder_features
 
 KERAS_FILE = "encoder.keras"
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
@@ -58,7 +62,7 @@ def _dedupe(variables):
     return unique
 
 
-def build_export_module(model, *, include_heads=True):
+def build_export_module(model, *, include_heads=True, image_size=None):
     """A trackable object with the reusable-SavedModel API around a SimCLR model's parts.
 
     Args:
@@ -66,6 +70,8 @@ def build_export_module(model, *, include_heads=True):
             `supervised_head`, `train_mode` and `ft_proj_selector`), built.
         include_heads: bool. Also return the projection head's and the supervised head's
             outputs. Defaults to `True`.
+        image_size: int or None. Side of a probe image (for the list of feature names); an
+            encoder with a fixed input size needs it. Defaults to 32.
 
     Returns:
         A `tf.__internal__.tracking.AutoTrackable` ready for `tf.saved_model.save`.
@@ -77,7 +83,7 @@ def build_export_module(model, *, include_heads=True):
     selector = getattr(model, "ft_proj_selector", 0)
 
     def features(images, training):
-        outputs = dict(encoder(images, training=training))
+        outputs = encoder_features(encoder, images, training=training)
         if projection_head is not None:
             h = outputs["final_avg_pool"]
             projection, hiddens = projection_head(h, training=training)
@@ -120,7 +126,8 @@ def build_export_module(model, *, include_heads=True):
     module.__call__ = call
     module.call_inference = call_inference
     module.call_training = call_training
-    module.feature_names = tf.constant(sorted(features(tf.zeros([1, 32, 32, 3]), False)))
+    probe = int(image_size or 32)
+    module.feature_names = tf.constant(sorted(features(tf.zeros([1, probe, probe, 3]), False)))
     return module
 
 
@@ -143,7 +150,7 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
     tmp = os.path.join(export_dir, f".tmp-{int(step)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
 
-    module = build_export_module(model, include_heads=include_heads)
+    module = build_export_module(model, include_heads=include_heads, image_size=image_size)
     serving = module.call_inference.get_concrete_function()
     tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
     with_keras_batch_norm(model.encoder).save(os.path.join(tmp, KERAS_FILE))
@@ -164,11 +171,11 @@ def with_keras_batch_norm(encoder):
     Layers other than the batch norms are shared with `encoder`, not copied (no second set of
     weights for a large model); each batch norm becomes a Keras layer of the same config holding a
     copy of its four weights. Batch norms inside custom layers (selective kernels) stay, as the
-    custom layer needs `simclr_tf` to load anyway.
+    custom layer needs `simclr_tf` to load anyway. An encoder without our batch norm (a user's
+    encoder) is returned as it is.
     """
-    import keras
-
-    from simclr_tf.models.batch_norm import BatchNormalization
+    if not any(type(layer) is BatchNormalization for layer in encoder._flatten_layers()):
+        return encoder
 
     def clone(layer):
         if type(layer) is not BatchNormalization:
@@ -195,49 +202,3 @@ def latest_export(export_dir):
         return None
     steps = sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
     return os.path.join(export_dir, str(steps[-1])) if steps else None
-
-
-def main(argv=None) -> int:
-    """`python -m simclr_tf.export`: export a run's checkpoint."""
-    parser = argparse.ArgumentParser(
-        prog="python -m simclr_tf.export",
-        description="Export the encoder of a simclr_tf run as a TF-Hub-style SavedModel and a .keras file.",
-    )
-    parser.add_argument("--model_dir", required=True, help="The run's directory (holds config.json).")
-    parser.add_argument("--checkpoint", default=None,
-                        help="Checkpoint prefix or directory (default: the run's latest checkpoint).")
-    parser.add_argument("--export_dir", default=None, help="Default: <model_dir>/saved_model.")
-    parser.add_argument("--keep", type=int, default=5, help="Exports kept (default 5; 0 keeps all).")
-    parser.add_argument("--no_heads", action="store_true", help="Export the encoder features only.")
-    args = parser.parse_args(argv)
-
-    # Imported here: the wiring imports this module for its automatic export.
-    from simclr_tf import checkpoints
-    from simclr_tf.config import ConfigError, load_config
-    from simclr_tf.train import build_model
-
-    try:
-        config = load_config(args.model_dir).resolved()
-        prefix = checkpoints.resolve_checkpoint(args.checkpoint or args.model_dir)
-        num_classes = checkpoints.checkpoint_num_classes(prefix)
-        model = build_model(config, num_classes)
-        model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
-    except (FileNotFoundError, ConfigError, ValueError, AssertionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    step = checkpoints.step_of(prefix)
-    written = export_model(
-        model,
-        args.export_dir or os.path.join(args.model_dir, "saved_model"),
-        step=step,
-        keep=args.keep,
-        image_size=config.image_size,
-        include_heads=not args.no_heads,
-    )
-    print(f"Exported step {step}: SavedModel {written['saved_model']}, Keras file {written['keras_file']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

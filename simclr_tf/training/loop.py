@@ -1,0 +1,95 @@
+"""`train(config, strategy)`: the order of a run's phases, and the run's global state.
+
+    pretrain / finetune  ->  evaluate  ->  linear evaluation  ->  export  ->  result.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import tensorflow as tf
+
+from simclr_tf import checkpoints, export
+from simclr_tf.config import Config, save_config
+from simclr_tf.distribute import is_chief, wait_for_all_workers
+from simclr_tf.training import phases
+from simclr_tf.training.run_dir import prepare_model_dir, write_result
+
+
+def train(config: Config, strategy=None) -> dict:
+    """Runs what the config says (train, eval, or both) and returns the results.
+
+    Writes into `config.train.model_dir`: `config.json`, checkpoints `ckpt-<step>`, TensorBoard
+    logs under `logs/`, `result.json`, and the exported encoder under `saved_model/<step>`.
+
+    Args:
+        config: Config. The whole run; validated and resolved here.
+        strategy: tf.distribute.Strategy. Defaults to the current (default) strategy.
+
+    Returns:
+        dict of results (also written to `result.json`).
+
+    Example:
+        ```python
+        from simclr_tf import Config, train
+        results = train(Config())   # the quickstart: SimCLR on the built-in digits
+        ```
+    """
+    config = config.resolved().validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    train_config = config.train
+    prepare_model_dir(train_config.model_dir)
+    keras.utils.set_random_seed(train_config.seed)
+    if train_config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    # The dtype policy is global state: set the run's for its models, and give the caller's back
+    # (a float32 run after a mixed-precision one in the same process must be float32).
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(train_config.precision)
+    try:
+        return _run(config, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(config: Config, strategy) -> dict:
+    """`train` once the run's global state (seed, determinism, dtype policy) is set."""
+    train_config = config.train
+    chief = is_chief(strategy)
+    if chief:
+        save_config(config, train_config.model_dir)
+
+    results: dict = {"config": dataclasses.asdict(config)}
+    model = None
+    if train_config.mode in ("train", "train_then_eval"):
+        fitted = phases.fit(config, strategy)
+        model = fitted["model"]
+        results.update(fitted["summary"])
+        wait_for_all_workers(strategy)  # the chief's last checkpoint is complete: others may read it
+    if train_config.mode in ("eval", "train_then_eval"):
+        results.update(phases.evaluate(config, strategy, model))
+    if (train_config.mode == "train_then_eval" and train_config.train_mode == "pretrain"
+            and train_config.linear_eval_epochs > 0):
+        if "eval_top1" in results:  # the head trained alongside pretraining
+            results["online_eval_top1"] = results["eval_top1"]
+            results["online_eval_top5"] = results["eval_top5"]
+        results.update(phases.linear_evaluation(config, strategy))
+    if model is not None:
+        results["weights_sha256"] = checkpoints.weights_fingerprint(model)
+    if model is not None and chief:
+        results["exported"] = export.export_model(
+            model,
+            os.path.join(train_config.model_dir, "saved_model"),
+            step=int(model.optimizer.iterations.numpy()),
+            keep=train_config.keep_hub_module_max,
+            image_size=config.image_size,
+        )
+    results["model_dir"] = train_config.model_dir
+    results["checkpoint"] = tf.train.latest_checkpoint(train_config.model_dir)
+    results["logs"] = os.path.join(train_config.model_dir, "logs")
+    if chief:
+        write_result(train_config.model_dir, results)
+    wait_for_all_workers(strategy)  # no worker leaves the cluster while the chief still exports
+    return results

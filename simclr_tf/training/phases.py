@@ -1,0 +1,258 @@
+"""The phases of a run: pretraining or fine-tuning, evaluation, and the paper's linear evaluation.
+
+Each phase takes the typed `Config` and a strategy and returns its numbers; `loop.py` orders them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+from simclr_tf import checkpoints
+from simclr_tf.config import Config, save_config
+from simclr_tf.data import sources
+from simclr_tf.distribute import (
+    check_batch_divisible,
+    is_chief,
+    is_multi_worker,
+    work_around_keras_multi_worker,
+)
+from simclr_tf.models.build import build_model
+from simclr_tf.optimizers import build_optimizer
+from simclr_tf.schedules import WarmupCosineDecay, compute_schedule
+from simclr_tf.training import callbacks as cbs
+from simclr_tf.training import inputs
+from simclr_tf.training.callbacks import TrainingDiverged
+from simclr_tf.training.run_dir import prepare_model_dir, write_result
+
+__all__ = ["TrainingDiverged", "build_for_training", "evaluate", "fit", "linear_eval_config",
+           "linear_evaluation"]
+
+
+def build_for_training(config: Config, strategy, num_classes: int, schedule=None):
+    """Model and optimizer, both built, and the model compiled, inside the strategy's scope."""
+    with strategy.scope():
+        model = build_model(config, num_classes)
+        learning_rate = (
+            WarmupCosineDecay(schedule.peak_learning_rate, schedule.warmup_steps, schedule.total_steps)
+            if schedule is not None
+            else 0.0
+        )
+        optimizer = build_optimizer(
+            config.optimizer.optimizer,
+            learning_rate,
+            momentum=config.optimizer.momentum,
+            weight_decay=config.optimizer.weight_decay,
+            lars_eta=config.optimizer.lars_eta,
+        )
+        if config.train.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(
+            optimizer=optimizer,
+            jit_compile=config.train.jit_compile,
+            steps_per_execution=config.train.steps_per_execution,
+        )
+        optimizer.build(model.trainable_variables)
+    if is_multi_worker(strategy):
+        work_around_keras_multi_worker(model)
+    return model, optimizer
+
+
+def fit(config: Config, strategy) -> dict:
+    """Pretraining or fine-tuning, resuming from the latest checkpoint in model_dir."""
+    train = config.train
+    source = inputs.load_split(config, config.data.train_split)
+    num_classes = inputs.num_classes_for(config, source)
+    if train.train_mode == "finetune":
+        source = inputs.labelled_subset(config, source)
+    num_examples = source.num_examples
+    if train.train_batch_size > num_examples:
+        raise ValueError(
+            f"`train_batch_size` ({train.train_batch_size}) is larger than the training split "
+            f"({num_examples} images of {config.data.dataset}:{config.data.train_split}). Use a "
+            f"batch size of at most {num_examples}."
+        )
+    check_batch_divisible(train.train_batch_size, strategy.num_replicas_in_sync)
+    schedule = compute_schedule(
+        base_learning_rate=config.optimizer.learning_rate,
+        learning_rate_scaling=config.optimizer.learning_rate_scaling,
+        batch_size=train.train_batch_size,
+        num_train_examples=num_examples,
+        train_epochs=train.train_epochs,
+        train_steps=train.train_steps,
+        warmup_epochs=config.optimizer.warmup_epochs,
+    )
+    model, optimizer = build_for_training(config, strategy, num_classes, schedule)
+    chief = is_chief(strategy)
+    saver = checkpoints.CheckpointSaver(
+        model, optimizer, train.model_dir, max_to_keep=train.keep_checkpoint_max, chief=chief
+    )
+    start_step = saver.restore_latest()
+    if start_step == 0 and train.checkpoint:
+        checkpoints.restore_pretrained(model, train.checkpoint, train_mode=train.train_mode)
+        print(f"Initialised from the checkpoint {train.checkpoint}.", flush=True)
+    if start_step:
+        print(f"Resuming from {saver.latest} at step {start_step}.", flush=True)
+
+    total_steps = schedule.total_steps
+    steps_per_epoch = schedule.steps_per_epoch
+    checkpoint_every = train.checkpoint_steps or train.checkpoint_epochs * steps_per_epoch or total_steps
+    log_dir = os.path.join(train.model_dir, "logs")
+    summary = {
+        "train_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "peak_learning_rate": schedule.peak_learning_rate,
+        "warmup_steps": schedule.warmup_steps,
+        "num_train_examples": num_examples,
+    }
+    if start_step >= total_steps:
+        print(f"Training already finished: step {start_step} of {total_steps}.", flush=True)
+        return {"model": model, "summary": summary, "history": {}}
+
+    dataset = inputs.train_dataset(config, source, strategy, start_step)
+    interactive = sys.stdout.isatty()
+    callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps), cbs.Checkpointer(saver, checkpoint_every)]
+    if chief and train.knn_every_epochs > 0 and train.train_mode == "pretrain":
+        monitor = cbs.knn_monitor(config, source, log_dir)
+        if monitor is not None:
+            callbacks.append(monitor)  # before TensorBoard, which then logs knn_top1 too
+    if chief:
+        callbacks.append(
+            keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, min(100, steps_per_epoch)))
+        )
+    if train.train_mode == "pretrain":
+        cbs.image_summary(dataset, strategy, log_dir, write=chief)
+    if not interactive:
+        callbacks.append(cbs.StepLogger(total_steps, max(1, min(100, steps_per_epoch))))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    started = time.time()
+    history = model.fit(
+        dataset,
+        epochs=epochs,
+        initial_epoch=start_step // steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=1 if interactive else 0,
+        shuffle=False,  # the input pipeline shuffles, reproducibly from the seed
+    )
+    summary["train_seconds"] = round(time.time() - started, 1)
+    final = {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v}
+    summary.update({f"train_{k}": v for k, v in final.items()})
+    return {"model": model, "summary": summary, "history": history.history}
+
+
+def _restore_for_eval(config: Config, strategy, num_classes: int):
+    """A model holding the run's latest checkpoint, or the one `--checkpoint` names."""
+    train = config.train
+    model, _ = build_for_training(config, strategy, num_classes)
+    saver = checkpoints.CheckpointSaver(model, None, train.model_dir, max_to_keep=1, chief=False)
+    step = saver.restore_latest(model_only=True)
+    if step == 0:
+        if not train.checkpoint:
+            raise FileNotFoundError(
+                f"Nothing to evaluate: no checkpoint in {train.model_dir} and no --checkpoint. "
+                "Train first (--mode=train_then_eval) or point --checkpoint at one."
+            )
+        checkpoints.restore_pretrained(model, train.checkpoint, train_mode="eval")
+    return model, step
+
+
+def evaluate(config: Config, strategy, model=None) -> dict:
+    """Top-1 / top-5 of the supervised head on the eval split."""
+    train = config.train
+    try:
+        source = inputs.load_split(config, config.data.eval_split, for_eval=True)
+    except sources.SplitNotFoundError as error:
+        print(f"Evaluation skipped: {error}", flush=True)
+        return {}
+    if model is None:
+        model, global_step = _restore_for_eval(config, strategy, inputs.num_classes_for(config, source))
+    else:
+        global_step = int(model.optimizer.iterations.numpy())
+    if model.supervised_head is None:
+        print("Evaluation skipped: the model has no supervised head (no labels).", flush=True)
+        return {}
+    if source.num_classes <= 0:
+        print("Evaluation skipped: the eval split has no labels.", flush=True)
+        return {}
+    metrics = model.evaluate(
+        inputs.eval_dataset(config, source, strategy), steps=train.eval_steps or None,
+        verbose=1 if sys.stdout.isatty() else 0, return_dict=True,
+    )
+    if train.train_mode == "pretrain":
+        protocol = "online linear head (trained on stop-gradient features while pretraining)"
+    elif train.fine_tune_after_block >= 4:
+        protocol = "linear head on the frozen encoder"
+    else:
+        protocol = "fine-tuned"
+    return {
+        "eval_protocol": protocol,
+        "eval_top1": float(metrics["top1"]),
+        "eval_top5": float(metrics["top5"]),
+        "eval_loss": float(metrics["supervised_loss"]),
+        "eval_split": f"{config.data.dataset}:{config.data.eval_split}",
+        "eval_examples": source.num_examples,
+        "global_step": global_step,
+    }
+
+
+def linear_eval_config(config: Config) -> Config:
+    """The paper's linear evaluation of a pretraining run: a linear head on the frozen encoder.
+
+    Trained with the run's augmentation settings for fine-tuning (crop and flip), Nesterov
+    momentum, no weight decay, from the run's latest checkpoint, into `<model_dir>/linear_eval`.
+    """
+    train = dataclasses.replace(
+        config.train,
+        mode="train_then_eval",
+        train_mode="finetune",
+        fine_tune_after_block=4,
+        lineareval_while_pretraining=False,
+        train_epochs=config.train.linear_eval_epochs,
+        train_steps=0,
+        checkpoint_steps=0,
+        checkpoint_epochs=max(1, config.train.linear_eval_epochs),
+        linear_eval_epochs=0,
+        checkpoint=config.train.model_dir,
+        model_dir=os.path.join(config.train.model_dir, "linear_eval"),
+    )
+    optimizer = dataclasses.replace(
+        config.optimizer,
+        optimizer="momentum",
+        learning_rate=config.train.linear_eval_learning_rate,
+        learning_rate_scaling="linear",
+        warmup_epochs=0.0,
+        weight_decay=0.0,
+    )
+    model = dataclasses.replace(config.model, ft_proj_selector=0)
+    return dataclasses.replace(config, train=train, optimizer=optimizer, model=model)
+
+
+def linear_evaluation(config: Config, strategy) -> dict:
+    """Runs `linear_eval_config(config)` (train, then evaluate) and returns its numbers."""
+    le_config = linear_eval_config(config)
+    print(f"Linear evaluation: {le_config.train.train_epochs} epochs on the frozen encoder, "
+          f"into {le_config.train.model_dir}", flush=True)
+    prepare_model_dir(le_config.train.model_dir)
+    chief = is_chief(strategy)
+    if chief:
+        save_config(le_config, le_config.train.model_dir)
+    fitted = fit(le_config, strategy)
+    evaluated = evaluate(le_config, strategy, fitted["model"])
+    if chief:
+        write_result(le_config.train.model_dir, {**fitted["summary"], **evaluated})
+    results = {"linear_eval_dir": le_config.train.model_dir,
+               "linear_eval_train_seconds": fitted["summary"].get("train_seconds", 0.0)}
+    if "eval_top1" in evaluated:
+        results.update(
+            eval_top1=evaluated["eval_top1"], eval_top5=evaluated["eval_top5"],
+            eval_loss=evaluated["eval_loss"], eval_split=evaluated["eval_split"],
+            eval_examples=evaluated["eval_examples"], eval_protocol="linear evaluation (frozen encoder)",
+        )
+    return results
