@@ -23,7 +23,8 @@ def _run(args, cwd, timeout=600):
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
     if not COMMAND.exists():
-XX
+        pytest.fail(f"{COMMAND} is missing: install the package (`pip install -e .`, as README's "
+                    "commands do).")
     where = tmp_path_factory.mktemp("elsewhere")
     assert not str(where).startswith(str(ROOT))
     return where
