@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from simclr_tf.config import SMALL_IMAGE_SIZE, AugmentConfig
+from simclr_tf.config import COLOR_JITTER_IMPLS, SMALL_IMAGE_SIZE, AugmentConfig
 
 MARGIN = 6  # pixels between and around the tiles
 BACKGROUND = 128  # gray, so that black and white views both stand out
@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         "--color_jitter_strength", type=float, default=None,
         help=f"colour jitter strength s; default 1.0, or 0.5 at <= {SMALL_IMAGE_SIZE} px",
     )
-    parser.add_argument("--color_jitter_impl", choices=("v1", "v2"), default="v2")
+    parser.add_argument("--color_jitter_impl", choices=COLOR_JITTER_IMPLS,
+                        default=AugmentConfig().color_jitter_impl)
     parser.add_argument(
         "--use_blur", dest="use_blur", action="store_true", default=None,
         help=f"blur with p = 0.5 (default above {SMALL_IMAGE_SIZE} px)",

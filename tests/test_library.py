@@ -87,16 +87,23 @@ def _as_tensors(views, labels):
     return (tf.constant(views[0]), tf.constant(views[1])), tf.constant(labels)
 
 
-def test_keras_file_round_trip_with_a_user_encoder(tmp_path):
-    model = SimCLRModel(encoder=_small_encoder(), num_proj_layers=2, proj_out_dim=16, num_classes=3)
+@pytest.mark.parametrize("ours", [False, True], ids=["user_encoder", "our_resnet"])
+def test_keras_file_round_trip(tmp_path, ours):
+    if ours:
+        model = SimCLRModel(resnet_depth=18, cifar_stem=True, se_ratio=0.25, num_proj_layers=2,
+                            proj_out_dim=16, num_classes=3)
+    else:
+        model = SimCLRModel(encoder=_small_encoder(), num_proj_layers=2, proj_out_dim=16, num_classes=3)
     model.build((None, SIZE, SIZE, 3))
+    for v in model.non_trainable_weights:  # batch-norm statistics away from 0 / 1
+        v.assign(np.random.default_rng(2).uniform(0.5, 1.5, v.shape).astype(np.float32))
     images = np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 3)).astype(np.float32)
     expected = model(images, training=False)
     path = str(tmp_path / "simclr.keras")
     model.save(path)
     restored = keras.saving.load_model(path)
-    assert isinstance(restored, SimCLRModel) and restored.custom_encoder
-    assert restored.encoder.name == "tiny"
+    assert isinstance(restored, SimCLRModel) and restored.custom_encoder == (not ours)
+    assert restored.encoder.name == ("resnet" if ours else "tiny")
     got = restored(images, training=False)
     for name in ("final_avg_pool", "proj_head_output", "logits_sup"):
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
