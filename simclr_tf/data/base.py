@@ -30,7 +30,11 @@ class SplitNotFoundError(ValueError):
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A TFDS data set is not downloaded and prepared, and downloading was not allowed."""
+    """A TFDS data set is not prepared and could not be prepared.
+
+    Downloading was not allowed, its archives have to be downloaded by hand, or the download or the
+    preparation failed. The message says which and what to do.
+    """
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,8 @@ This module imports nothing of simclr_tf except `simclr_tf.config` and `simclr_t
 from __future__ import annotations
 
 import logging
+import os
+import textwrap
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +22,15 @@ from simclr_tf.data.base import (
 )
 
 log = logging.getLogger(__name__)
+
+# The archives of the data sets TFDS cannot download (they need a registration), with their sizes,
+# so that the message says what to fetch before the user finds out after a 138 GB download.
+MANUAL_ARCHIVES = {
+    "imagenet2012": (("ILSVRC2012_img_train.tar", "138 GB"), ("ILSVRC2012_img_val.tar", "6.3 GB")),
+    "imagenet2012_subset": (("ILSVRC2012_img_train.tar", "138 GB"), ("ILSVRC2012_img_val.tar", "6.3 GB")),
+}
+
+_REASON_CHARS = 300  # of the underlying error, in the message; a `requests` error can run to 1,000
 
 
 def _unknown_dataset(name: str, detail: str = "") -> ValueError:
@@ -61,6 +72,130 @@ def _to_rgb_uint8(image: tf.Tensor) -> tf.Tensor:
     return image
 
 
+def _manual_dir(builder) -> str:
+    """Where TFDS looks for the files of a data set that must be downloaded by hand."""
+    return os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
+
+
+def _is_empty_or_missing(folder: str) -> bool:
+    # tf.io.gfile, not os: `data_dir` is often a bucket (gs://...) on TPUs.
+    return not tf.io.gfile.isdir(folder) or not tf.io.gfile.listdir(folder)
+
+
+def _instructions(builder) -> str:
+    return " ".join(textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).split())
+
+
+def _manual_download_error(name: str, builder, manual_dir: str) -> DatasetNotFoundError:
+    archives = MANUAL_ARCHIVES.get(builder.name)
+    files = f": {' and '.join(f'{file} ({size})' for file, size in archives)}" if archives else ""
+    return DatasetNotFoundError(
+        f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}, and TFDS cannot download it: "
+        f"its files have to be downloaded by hand into {manual_dir} (missing or empty now){files}. "
+        f"TFDS' instructions: {_instructions(builder)} Then run again with the same "
+        f"--data_dir={os.fspath(builder.data_dir_root)!r}: TFDS prepares it from there. Or pass "
+        f"--data_dir pointing at a TFDS data directory where {name!r} is already prepared."
+    )
+
+
+def _download_error(name: str, builder, error: Exception, removed: str | None) -> DatasetNotFoundError:
+    reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+    if len(reason) > _REASON_CHARS:
+        reason = reason[:_REASON_CHARS] + "..."
+    cleaned = f" The incomplete {removed} was removed." if removed else ""
+    if isinstance(error, ImportError):
+        what = f"a package TFDS needs is missing ({reason})"
+        fix = ("Reinstall simclr_tf's dependencies (`pip install -r requirements.txt`, or "
+               "`pip install -e .`) and run again.")
+    elif builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        what = f"the files in {_manual_dir(builder)} could not be read ({reason})"
+        fix = f"Check them against TFDS' instructions: {_instructions(builder)}"
+    else:
+        what = f"the files could not be fetched or read ({reason})"
+        fix = (f"Prepare it on a machine with network access (`python -c \"import tensorflow_datasets as "
+               f"tfds; tfds.builder('{name}', data_dir='DIR').download_and_prepare()\"`) and pass "
+               "--data_dir=DIR (a copy of that folder), or pass --nodownload to use only the data sets "
+               "already prepared in --data_dir.")
+    return DatasetNotFoundError(
+        f"Could not download and prepare TFDS data set {name!r} into "
+        f"{os.fspath(builder.data_dir_root)!r}: {what}.{cleaned} {fix}"
+    )
+
+
+def _remove_new_folders(builder, existed: set[str]) -> str | None:
+    """Removes the `<data_dir>/<name>[/<config>]/<version>` folder a failed preparation left behind.
+
+    Only the version folder, if it did not exist before, and the folders above it up to `data_dir`
+    that did not exist before and are now empty. Downloads (`<data_dir>/downloads`) stay: TFDS
+    resumes and reuses them.
+
+    Returns:
+        The version folder if it was removed, for the message; otherwise `None`.
+    """
+    removed = None
+    version_dir = os.fspath(builder.data_path)
+    if version_dir not in existed and tf.io.gfile.isdir(version_dir):
+        tf.io.gfile.rmtree(version_dir)
+        removed = version_dir
+    root = os.fspath(builder.data_dir_root)
+    parent = os.path.dirname(version_dir)
+    while parent not in existed and parent.startswith(root + "/") and _is_empty_or_missing(parent):
+        if tf.io.gfile.isdir(parent):
+            tf.io.gfile.rmtree(parent)  # empty
+        parent = os.path.dirname(parent)
+    return removed
+
+
+def _existing_folders(builder) -> set[str]:
+    """The version folder and its parents up to `data_dir` that exist now."""
+    folders, path = set(), os.fspath(builder.data_path)
+    root = os.fspath(builder.data_dir_root)
+    while path.startswith(root + "/"):
+        if tf.io.gfile.isdir(path):
+            folders.add(path)
+        path = os.path.dirname(path)
+    return folders
+
+
+def _prepare(name: str, builder, download: bool) -> None:
+    """Downloads and prepares a missing TFDS data set, or says in one message why it cannot.
+
+    Raises:
+        DatasetNotFoundError: `download` is off, the data set needs archives fetched by hand that are
+            not in `manual_dir`, a folder of an interrupted preparation is in the way, or the
+            download or preparation failed (the folder it left is removed).
+    """
+    import tensorflow_datasets as tfds
+
+    manual_dir = _manual_dir(builder)
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and _is_empty_or_missing(manual_dir):
+        raise _manual_download_error(name, builder, manual_dir)
+    if not download:
+        raise DatasetNotFoundError(
+            f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}. Pass --download to let "
+            "TFDS download and prepare it, or --data_dir=<dir> pointing at a TFDS data directory that "
+            "holds it."
+        )
+    version_dir = os.fspath(builder.data_path)
+    if tf.io.gfile.isdir(version_dir):
+        # TFDS would take it for the prepared data ("Reusing dataset") and find no examples in it.
+        raise DatasetNotFoundError(
+            f"TFDS data set {name!r}: {version_dir!r} exists but holds no prepared data set (no "
+            "dataset_info.json; an interrupted preparation?). Delete that folder and run again, or pass "
+            "--data_dir pointing at a TFDS data directory where it is prepared."
+        )
+    existed = _existing_folders(builder)
+    log.info("Downloading and preparing %s into %s.", name, builder.data_dir)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception as error:  # any failure to fetch, extract or write ends the same way
+        removed = _remove_new_folders(builder, existed)
+        raise _download_error(name, builder, error, removed) from error
+    except BaseException:  # interrupted (Ctrl-C): no half-made folder either
+        _remove_new_folders(builder, existed)
+        raise
+
+
 def load_tfds(name: str, split: str, *, data_dir: str | None = None, download: bool = False) -> Source:
     """One split of a TensorFlow Datasets data set as a source.
 
@@ -75,7 +210,10 @@ def load_tfds(name: str, split: str, *, data_dir: str | None = None, download: b
 
     Raises:
         ValueError: TFDS does not know `name`.
-        DatasetNotFoundError: the data set is not prepared and `download` is False.
+        DatasetNotFoundError: the data set is not prepared and `download` is False, its archives
+            must be downloaded by hand and are not in `<data_dir>/downloads/manual` (the message says
+            which and how big), or downloading or preparing it failed (the message says why and
+            what to do; no half-made data-set folder is left).
         SplitNotFoundError: `split` does not exist.
     """
     import tensorflow_datasets as tfds
@@ -88,14 +226,7 @@ def load_tfds(name: str, split: str, *, data_dir: str | None = None, download: b
         raise _unknown_dataset(name, str(error).splitlines()[0]) from error
 
     if not builder.is_prepared():
-        if not download:
-            raise DatasetNotFoundError(
-                f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}. Pass --download to let "
-                "TFDS download and prepare it, or --data_dir=<dir> pointing at a TFDS data directory that "
-                "holds it."
-            )
-        log.info("Downloading and preparing %s into %s.", name, builder.data_dir)
-        builder.download_and_prepare()
+        _prepare(name, builder, download)
 
     splits = builder.info.splits
     num_examples = None
