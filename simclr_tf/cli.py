@@ -3,6 +3,7 @@
     simclr-tf run [--flags]          train / evaluate (the same as python -m simclr_tf.run)
     simclr-tf export --model_dir D   export a run's encoder (python -m simclr_tf.export)
     simclr-tf preview --image F      see the augmentations (python -m simclr_tf.preview)
+    simclr-tf convert SRC --model_dir D   an original SimCLR model as a run (python -m simclr_tf.convert)
 
 Installed by `pip install .` (see pyproject.toml), so it works from any directory.
 """
@@ -17,6 +18,7 @@ COMMANDS = {
     "run": ("simclr_tf.run", "pretrain, fine-tune or evaluate (absl flags; --helpfull lists them)"),
     "export": ("simclr_tf.export.__main__", "export a run's encoder as a SavedModel and .keras file"),
     "preview": ("simclr_tf.preview", "draw a grid of augmented views of an image"),
+    "convert": ("simclr_tf.convert.__main__", "convert an original SimCLR SavedModel or checkpoint"),
 }
 
 

@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 
-from simclr_tf import checkpoints
+from simclr_tf import checkpoints, convert
 from simclr_tf.config import Config, save_config
 from simclr_tf.data import sources
 from simclr_tf.distribute import (
@@ -95,7 +95,7 @@ def fit(config: Config, strategy) -> dict:
     )
     start_step = saver.restore_latest()
     if start_step == 0 and train.checkpoint:
-        checkpoints.restore_pretrained(model, train.checkpoint, train_mode=train.train_mode)
+        convert.restore_pretrained(model, train.checkpoint, train_mode=train.train_mode)
         print(f"Initialised from the checkpoint {train.checkpoint}.", flush=True)
     if start_step:
         print(f"Resuming from {saver.latest} at step {start_step}.", flush=True)
@@ -159,7 +159,7 @@ def _restore_for_eval(config: Config, strategy, num_classes: int):
                 f"Nothing to evaluate: no checkpoint in {train.model_dir} and no --checkpoint. "
                 "Train first (--mode=train_then_eval) or point --checkpoint at one."
             )
-        checkpoints.restore_pretrained(model, train.checkpoint, train_mode="eval")
+        convert.restore_pretrained(model, train.checkpoint, train_mode="eval")
     return model, step
 
 
