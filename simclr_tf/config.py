@@ -43,6 +43,16 @@ KNOWN_DATASETS = {
 
 SMALL_IMAGE_SIZE = 32  # at or below this the CIFAR recipe applies (paper, appendix B.9)
 
+# Augmentation defaults of particular data sets, where the generic ones would hurt: a mirrored
+# digit is another symbol, and an 8x8 scan cropped to 8% of its area keeps no digit. `AugmentConfig`
+# fields left `None` take these, and otherwise the generic defaults (`GENERIC_AUGMENT`).
+DATASET_AUGMENT = {"digits": {"random_flip": False, "crop_min_area": 0.2}}
+GENERIC_AUGMENT = {"random_flip": True, "crop_min_area": 0.08}
+
+# Data sets small enough for the transfer-learning linear evaluation (logistic regression on
+# frozen features); the others get the ImageNet protocol (SGD on the frozen encoder).
+SMALL_DATASETS = ("digits", "synthetic", "folder")
+
 # The vocabularies: every allowed-value list of simclr_tf, defined here once. The modules that
 # implement them import these names (the ResNet its depths, the heads their modes, ...).
 MODES = ("train", "eval", "train_then_eval")
@@ -54,6 +64,7 @@ LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
 COLOR_JITTER_IMPLS = ("v1", "v2")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LINEAR_EVAL_PROTOCOLS = ("auto", "logistic", "sgd")
 
 
 class ConfigError(ValueError):
@@ -99,6 +110,10 @@ class DataConfig:
             (class-balanced, deterministic by seed). 1.0 uses all.
         train_labels_per_class: if > 0, use exactly this many labelled images per class instead.
         synthetic_examples: number of images of the `synthetic` data set.
+        eval_fraction: where the data has no evaluation split (an image folder without
+            `eval_image_dir`, a TFDS data set without `eval_split`), this fraction of the labelled
+            images, drawn per class from the seed, is held out for evaluation and used for nothing
+            else (not for pretraining either).
     """
 
     dataset: str = "digits"
@@ -113,6 +128,7 @@ class DataConfig:
     train_label_fraction: float = 1.0
     train_labels_per_class: int = 0
     synthetic_examples: int = 256
+    eval_fraction: float = 0.1
 
     def validate(self) -> None:
         _check(bool(self.dataset), "`dataset` must be a name, e.g. `digits` or `cifar10`.")
@@ -133,6 +149,16 @@ class DataConfig:
         )
         _positive("train_labels_per_class", self.train_labels_per_class, allow_zero=True)
         _positive("synthetic_examples", self.synthetic_examples)
+        _check(
+            0.0 < self.eval_fraction < 1.0,
+            f"`eval_fraction` must be in (0, 1), e.g. 0.1. Received: {self.eval_fraction!r}.",
+        )
+        _check(
+            self.dataset == "folder" or not (self.image_dir or self.eval_image_dir),
+            f"`image_dir` / `eval_image_dir` are read only with `dataset=folder`, but `dataset` is "
+            f"{self.dataset!r}. Drop --dataset (an --image_dir alone means your folder) or "
+            "--image_dir.",
+        )
 
     def native_image_size(self) -> int:
         if self.dataset in KNOWN_DATASETS:
@@ -151,16 +177,28 @@ class AugmentConfig:
         color_jitter_strength: colour distortion strength s.
         use_blur: apply Gaussian blur (p = 0.5 per view).
         color_jitter_impl: `v2` (SimCLRv2 code, default) or `v1` (SimCLRv1 code).
-        crop_min_area: smallest area fraction of the random resized crop.
-        random_flip: flip views horizontally with p = 0.5 (off for data where a mirror image
-            changes the class, such as digits).
+        crop_min_area: smallest area fraction of the random resized crop. `None`: the data
+            set's (`DATASET_AUGMENT`), else 0.08.
+        random_flip: flip views horizontally with p = 0.5. `None`: the data set's (off for
+            digits, where a mirror image changes the class), else on.
+
+    These settings apply in every phase that augments: pretraining, and the crop and flip of
+    fine-tuning and of the SGD linear evaluation.
     """
 
     color_jitter_strength: float | None = None
     use_blur: bool | None = None
     color_jitter_impl: str = "v2"
-    crop_min_area: float = 0.08
-    random_flip: bool = True
+    crop_min_area: float | None = None
+    random_flip: bool | None = None
+
+    def for_dataset(self, dataset: str) -> AugmentConfig:
+        """This config with `random_flip` / `crop_min_area` left `None` filled for `dataset`."""
+        defaults = {**GENERIC_AUGMENT, **DATASET_AUGMENT.get(dataset, {})}
+        return dataclasses.replace(self, **{
+            name: value if getattr(self, name) is None else getattr(self, name)
+            for name, value in defaults.items()
+        })
 
     def for_image_size(self, image_size: int) -> AugmentConfig:
         """This config with every `None` filled by the paper's default for `image_size`.
@@ -169,8 +207,11 @@ class AugmentConfig:
         (paper, appendix B.9).
         """
         small = image_size <= SMALL_IMAGE_SIZE
+        generic = {name: value if getattr(self, name) is None else getattr(self, name)
+                   for name, value in GENERIC_AUGMENT.items()}
         return dataclasses.replace(
             self,
+            **generic,
             color_jitter_strength=(
                 self.color_jitter_strength if self.color_jitter_strength is not None
                 else (0.5 if small else 1.0)
@@ -183,7 +224,7 @@ class AugmentConfig:
             _positive("color_jitter_strength", self.color_jitter_strength, allow_zero=True)
         _one_of("color_jitter_impl", self.color_jitter_impl, COLOR_JITTER_IMPLS)
         _check(
-            0.0 < self.crop_min_area <= 1.0,
+            self.crop_min_area is None or 0.0 < self.crop_min_area <= 1.0,
             f"`crop_min_area` must be in (0, 1]. Received: {self.crop_min_area!r}.",
         )
 
@@ -327,6 +368,13 @@ class TrainConfig:
             this many epochs (the paper's linear evaluation; 0 disables).
         linear_eval_learning_rate: base learning rate of that linear evaluation (Nesterov
             momentum, linear scaling, no weight decay).
+        linear_eval_protocol: `logistic`: the paper's transfer protocol (appendix B.8), an
+            L2-regularised logistic regression on frozen features of un-augmented images, the
+            regularisation chosen on a validation part of the training images; `sgd`: the ImageNet
+            protocol, a linear head trained by SGD on the frozen encoder with crop and flip;
+            `auto`: `logistic` for small data sets (digits, synthetic, folders), else `sgd`.
+        linear_eval_batch_size: batch size of the `sgd` linear evaluation (capped at the
+            labelled images), independent of the pretraining batch.
         deterministic: make TensorFlow ops deterministic, so that a run (also a resumed one)
             gives bit-identical weights for a seed (costs some speed).
     """
@@ -353,6 +401,8 @@ class TrainConfig:
     knn_every_epochs: int = 0
     linear_eval_epochs: int = 30
     linear_eval_learning_rate: float = 0.1
+    linear_eval_protocol: str = "auto"
+    linear_eval_batch_size: int = 256
     deterministic: bool = False
 
     def validate(self) -> None:
@@ -386,6 +436,12 @@ class TrainConfig:
             f"{self.linear_eval_learning_rate!r}.",
         )
         _one_of("precision", self.precision, PRECISIONS)
+        _one_of("linear_eval_protocol", self.linear_eval_protocol, LINEAR_EVAL_PROTOCOLS)
+        _check(
+            isinstance(self.linear_eval_batch_size, int) and self.linear_eval_batch_size > 0,
+            "`linear_eval_batch_size` must be a positive integer. Received: "
+            f"{self.linear_eval_batch_size!r}.",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,6 +503,14 @@ class Config:
         return self.data.image_size or self.data.native_image_size()
 
     @property
+    def linear_eval_protocol(self) -> str:
+        """`logistic` or `sgd`: the linear evaluation this run gets (`auto` decided)."""
+        protocol = self.train.linear_eval_protocol
+        if protocol == "auto":
+            return "logistic" if self.data.dataset in SMALL_DATASETS else "sgd"
+        return protocol
+
+    @property
     def uses_cifar_stem(self) -> bool:
         if self.model.cifar_stem is not None:
             return self.model.cifar_stem
@@ -454,7 +518,7 @@ class Config:
 
     def resolved(self) -> Config:
         """Fills every `None` that means "the default for this data" with a concrete value."""
-        augment = self.augment.for_image_size(self.image_size)
+        augment = self.augment.for_dataset(self.data.dataset).for_image_size(self.image_size)
         model = dataclasses.replace(self.model, cifar_stem=self.uses_cifar_stem)
         data = dataclasses.replace(self.data, image_size=self.image_size)
         return dataclasses.replace(self, data=data, augment=augment, model=model)

@@ -41,6 +41,9 @@ _FLAG_SPECS = [
     ("cache_dataset", "data", "cache_dataset", bool, "Cache decoded images in memory."),
     ("train_label_fraction", "data", "train_label_fraction", float,
      "Fraction of labels used for supervised training (class-balanced, e.g. 0.01 or 0.1)."),
+    ("eval_fraction", "data", "eval_fraction", float,
+     "Without an evaluation split (a folder without --eval_image_dir), hold out this fraction of the "
+     "labelled images for evaluation."),
     ("synthetic_examples", "data", "synthetic_examples", int,
      "Images of the `synthetic` data set (coloured shapes made on the fly)."),
     ("train_labels_per_class", "data", "train_labels_per_class", int,
@@ -51,8 +54,10 @@ _FLAG_SPECS = [
     ("use_blur", "augment", "use_blur", bool,
      "Gaussian blur; default on, off for images of 32 px or less."),
     ("color_jitter_impl", "augment", "color_jitter_impl", str, "Colour jitter of SimCLR `v1` or `v2`."),
-    ("crop_min_area", "augment", "crop_min_area", float, "Smallest area fraction of random crops."),
-    ("random_flip", "augment", "random_flip", bool, "Random horizontal flips of the views."),
+    ("crop_min_area", "augment", "crop_min_area", float,
+     "Smallest area fraction of random crops; default 0.08 (0.2 for digits)."),
+    ("random_flip", "augment", "random_flip", bool,
+     "Random horizontal flips in every augmenting phase; default on (off for digits)."),
     # model
     ("resnet_depth", "model", "resnet_depth", int, "ResNet depth: 18, 34, 50, 101, 152, 200."),
     ("width_multiplier", "model", "width_multiplier", int, "ResNet width multiplier."),
@@ -109,6 +114,12 @@ _FLAG_SPECS = [
     ("knn_every_epochs", "train", "knn_every_epochs", int, "kNN monitor period in epochs; 0 disables."),
     ("linear_eval_epochs", "train", "linear_eval_epochs", int,
      "After pretraining, epochs of linear evaluation on the frozen encoder (0 disables)."),
+    ("linear_eval_protocol", "train", "linear_eval_protocol", str,
+     "logistic (regression on frozen features, the paper's transfer protocol), sgd (a linear head "
+     "trained on the frozen encoder with crop and flip, the ImageNet protocol) or auto (logistic for "
+     "digits, synthetic and folders)."),
+    ("linear_eval_batch_size", "train", "linear_eval_batch_size", int,
+     "Batch size of the sgd linear evaluation."),
     ("linear_eval_learning_rate", "train", "linear_eval_learning_rate", float,
      "Base learning rate of that linear evaluation (Nesterov momentum, lr * B / 256)."),
     ("deterministic", "train", "deterministic", bool,
@@ -146,6 +157,9 @@ def config_from_flags(flag_values) -> Config:
         sections.setdefault(section, {})[field] = flag_values[name].value
     if flag_values.use_tpu:
         sections["runtime"]["strategy"] = "tpu"
+    if (flag_values["image_dir"].value or flag_values["eval_image_dir"].value) \
+            and not flag_values["dataset"].present:
+        sections["data"]["dataset"] = "folder"  # --image_dir alone means your folder
     sections["runtime"]["devices"] = tuple(flag_values.devices)
     defaults = Config()
     return Config(**{
@@ -154,17 +168,29 @@ def config_from_flags(flag_values) -> Config:
     })
 
 
+_PROTOCOLS = {
+    "online_linear_head": "online linear head, trained on stop-gradient features while pretraining",
+    "linear_eval": "linear evaluation",
+    "finetune": "fine-tuned",
+}
+
+
 def _print_summary(results: dict) -> None:
     print("\n" + "=" * 72)
-    if "online_eval_top1" in results:
-        print(f"Online linear head (trained while pretraining): top-1 {results['online_eval_top1']:.2%}")
-    if "eval_top1" in results:
-        protocol = results.get("eval_protocol", "")
-        what = "Linear-eval accuracy" if protocol.startswith("linear") else f"Accuracy ({protocol})"
-        print(f"{what} on {results['eval_split']}: top-1 {results['eval_top1']:.2%}, "
-              f"top-5 {results['eval_top5']:.2%} ({results['eval_examples']} images)")
+    for entry in results.get("accuracies", []):
+        what = _PROTOCOLS.get(entry["protocol"], entry["protocol"])
+        if entry.get("detail") == "logistic":
+            what += " (logistic regression on frozen features)"
+        elif entry.get("detail") == "sgd":
+            what += " (linear head trained on the frozen encoder)"
+        print(f"Accuracy, {what}:\n    top-1 {entry['top1']:.2%}, top-5 {entry['top5']:.2%} on "
+              f"{entry['split']} ({entry['examples']} held-out images)")
+    if not results.get("accuracies"):
+        print("No accuracy: the run had no labelled held-out images (see above).")
     if "train_seconds" in results:
-        print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s")
+        speed = results.get("train_images_per_second")
+        speed = f", {speed:.1f} images/s" if speed else ""
+        print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s{speed}")
     model_dir = results["model_dir"]
     print(f"Checkpoints:        {results.get('checkpoint')}")
     if "weights_sha256" in results:
@@ -172,6 +198,8 @@ def _print_summary(results: dict) -> None:
     print(f"TensorBoard logs:   {results['logs']}   (tensorboard --logdir {results['logs']})")
     print(f"Results:            {os.path.join(model_dir, 'result.json')}")
     print(f"Config:             {os.path.join(model_dir, 'config.json')}")
+    if results.get("embeddings_png"):
+        print(f"Embeddings picture: {results['embeddings_png']}  (held-out images; TensorBoard: projector)")
     exported = results.get("exported") or {}
     if exported:
         print(f"Exported encoder:   {exported['saved_model']}  (SavedModel, TF-Hub style)")

@@ -20,6 +20,7 @@ from simclr_tf.data.sources import (
     DatasetNotFoundError,
     Source,
     SplitNotFoundError,
+    held_out_split,
     label_subset,
     load_source,
     source_labels,
@@ -291,6 +292,49 @@ def test_unlabelled_folder(tmp_path):
     _, labels = _materialise(source.dataset)
     np.testing.assert_array_equal(labels, [-1, -1, -1])
     np.testing.assert_array_equal(source_labels(source), [-1, -1, -1])
+
+
+def test_every_readable_image_is_used_whatever_the_layout(tmp_path):
+    """11 images at the top and 5 in one sub-folder (plus broken and non-image files): all 16
+    pretrain, unlabelled, since one sub-folder is not classes."""
+    for k in range(11):
+        _save(Image.new("RGB", (8, 8), (k, 0, 0)), str(tmp_path / f"top{k}.png"))
+    for k in range(5):
+        _save(Image.new("RGB", (8, 8), (0, k, 0)), str(tmp_path / "only" / f"in{k}.png"))
+    (tmp_path / "empty.png").write_bytes(b"")
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, "JPEG")
+    (tmp_path / "only" / "cut.jpg").write_bytes(buffer.getvalue()[:40])
+    (tmp_path / "notes.txt").write_text("not an image")
+    source = load_source("folder", "train", image_dir=str(tmp_path))
+    assert source.num_examples == 16 and source.num_classes == 0
+    assert source_labels(source).tolist() == [-1] * 16
+
+
+def test_top_level_images_join_two_classes_unlabelled(tmp_path):
+    for k in range(3):
+        _save(Image.new("RGB", (8, 8), (k, 0, 0)), str(tmp_path / f"loose{k}.png"))
+    for name in ("cats", "dogs"):
+        for k in range(2):
+            _save(Image.new("RGB", (8, 8), (0, k, 0)), str(tmp_path / name / "deep" / f"{k}.png"))
+    source = load_source("folder", "train", image_dir=str(tmp_path))
+    assert source.num_examples == 7 and source.num_classes == 2
+    assert sorted(source_labels(source).tolist()) == [-1, -1, -1, 0, 0, 1, 1]
+
+
+def test_held_out_split_is_stratified_seeded_and_a_partition():
+    labels = np.array([0] * 20 + [1] * 9 + [2] * 1 + [-1] * 5)
+    rest, held = held_out_split(labels, fraction=0.1, seed=3)
+    assert sorted(np.concatenate([rest, held]).tolist()) == list(range(len(labels)))
+    assert np.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]  # round(2.0), round(0.9), none of 1
+    assert (labels[rest] == -1).sum() == 5  # unlabelled images are never held out
+    again, _ = held_out_split(labels, fraction=0.1, seed=3)
+    other, _ = held_out_split(labels, fraction=0.1, seed=4)
+    assert again.tolist() == rest.tolist() and other.tolist() != rest.tolist()
+    _, most = held_out_split([0, 0], fraction=0.9)
+    assert most.tolist() in ([0], [1])  # a class always keeps one training example
+    with pytest.raises(ValueError, match=r"`fraction` must be in \(0, 1\)"):
+        held_out_split(labels, fraction=1.0)
 
 
 def test_folder_errors(tmp_path):

@@ -201,10 +201,12 @@ def load_image_folder(
 ) -> Source:
     """Your own images as a source.
 
-    Layout: `image_dir/<class name>/**/<image>` gives labelled images, classes numbered in sorted
-    order of their folder names; images directly in `image_dir` (and no class folders) are
-    unlabelled (label -1, `num_classes` 0). If both exist, the top-level images are ignored with a
-    warning. Files are found recursively; hidden files and folders (`.name`) are ignored, as are files
+    Every readable image under `image_dir`, whatever the layout, is in the source. Labels come
+    from class sub-folders where there are at least two: `image_dir/<class name>/**/<image>`,
+    classes numbered in sorted order of their folder names; images directly in `image_dir` are
+    then unlabelled (label -1), used for pretraining only. With no or a single sub-folder every
+    image is unlabelled (`num_classes` 0). Files are found recursively; hidden files and folders
+    (`.name`) are ignored, as are files
     without an image extension (counted in `stats.ignored_files`).
 
     The folder is scanned once, reading only each file's header, so files that are empty, corrupt or
@@ -247,23 +249,27 @@ def load_image_folder(
             "top level)."
         )
 
-    top_level = [f for f in images if os.path.dirname(f) == root]
-    in_classes = [f for f in images if os.path.dirname(f) != root]
-    if in_classes:
-        class_names = sorted({os.path.relpath(f, root).split(os.sep)[0] for f in in_classes})
-        if top_level:
-            log.warning("Ignoring %d image(s) directly in %s: the images are labelled by their class "
-                        "sub-folders (%d classes).", len(top_level), root, len(class_names))
+    # Every readable image is used (pretraining needs no labels). Labels come from the first-level
+    # sub-folders when there are at least two; images outside them (at the top) are unlabelled (-1)
+    # and serve pretraining only.
+    candidates = images
+    class_names = sorted({os.path.relpath(f, root).split(os.sep)[0] for f in images
+                          if os.path.dirname(f) != root})
+    if len(class_names) >= 2:
         class_index = {name: i for i, name in enumerate(class_names)}
-        candidates = in_classes
-        labels = [class_index[os.path.relpath(f, root).split(os.sep)[0]] for f in in_classes]
+        labels = [class_index.get(os.path.relpath(f, root).split(os.sep)[0], -1)
+                  if os.path.dirname(f) != root else -1 for f in images]
         num_classes = len(class_names)
-        if num_classes == 1:
-            log.warning("Image folder %s has a single class folder (%s): every label is 0.", root,
-                        class_names[0])
+        unlabelled = labels.count(-1)
+        if unlabelled:
+            log.warning("%d image(s) directly in %s have no class folder: used for pretraining only "
+                        "(%d classes from the sub-folders label the others).", unlabelled, root, num_classes)
     else:
+        if class_names:
+            log.warning("Image folder %s has a single sub-folder (%s): one class is no labels, so the "
+                        "images are unlabelled.", root, class_names[0])
         class_names = []
-        candidates, labels, num_classes = top_level, [-1] * len(top_level), 0
+        labels, num_classes = [-1] * len(images), 0
 
     workers = min(16, 4 * (os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:

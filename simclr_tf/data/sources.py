@@ -50,6 +50,7 @@ __all__ = [
     "Source",
     "SplitNotFoundError",
     "from_arrays",
+    "held_out_split",
     "label_subset",
     "load_digits",
     "load_source",
@@ -350,6 +351,43 @@ def label_subset(
     if not chosen:
         return np.zeros(0, np.int64)
     return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def held_out_split(labels: Sequence[int] | np.ndarray, *, fraction: float, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, stratified held-out part of the labelled examples: `(rest, held_out)` indices.
+
+    Each class with at least two examples gives `round(fraction * count)` of them (at least 1, and
+    always leaves one) to the held-out part; a class of one example stays in the rest, as do the
+    unlabelled examples (label -1). Which examples is drawn per class from `(seed, class)`.
+
+    Args:
+        labels: int array `(num_examples,)`; -1 marks unlabelled examples.
+        fraction: float in (0, 1). Fraction of each class held out.
+        seed: int. Selection seed.
+
+    Returns:
+        `(rest, held_out)`: sorted int64 index arrays that partition `range(len(labels))`.
+
+    Example:
+    >>> rest, held_out = held_out_split([0] * 10 + [1] * 10 + [-1] * 3, fraction=0.1)
+    >>> len(rest), len(held_out)
+    (21, 2)
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`fraction` must be in (0, 1), e.g. 0.1. Received: {fraction!r}.")
+    labels = np.asarray(labels).reshape(-1)
+    held = []
+    for cls in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == cls)
+        if len(members) < 2:
+            continue
+        count = min(len(members) - 1, max(1, _round_half_up(fraction * len(members))))
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, int(cls), 0xE7A1])
+        held.append(rng.choice(members, size=count, replace=False))
+    held_out = np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(len(labels), dtype=np.int64), held_out)
+    return rest, held_out
 
 
 def permuted_source(source: Source, seed: int) -> Source:

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from simclr_tf import checkpoints
 from simclr_tf.config import Config
-from simclr_tf.data import sources
 from simclr_tf.evaluation import KNNMonitor
 from simclr_tf.training import inputs
 
@@ -90,13 +89,63 @@ class Checkpointer(keras.callbacks.Callback):
         self._save()
 
 
+class ScalarSummaries(keras.callbacks.Callback):
+    """Every logged scalar to TensorBoard (`<log_dir>/train`): every `every_steps` steps, at each
+    epoch end (with the kNN monitor's value) and at the last step, plus `images_per_second`.
+
+    Replaces Keras' TensorBoard callback, whose step-wise recording stays off at the end of a run
+    that stops mid-epoch or between two `update_freq` steps, so the last values were lost.
+    """
+
+    def __init__(self, log_dir, every_steps, batch_size):
+        super().__init__()
+        self.log_dir = log_dir
+        self.every_steps = max(1, every_steps)
+        self.batch_size = batch_size
+        self.writer = None
+        self.logs, self.written_step = {}, -1
+        self.clock = (0.0, 0)
+
+    def on_train_begin(self, logs=None):
+        self.writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        self.clock = (time.time(), _step(self.model))
+
+    def _write(self, logs, step):
+        now, since = time.time(), self.clock
+        values = {k: float(np.asarray(v)) for k, v in (logs or {}).items() if np.size(v) == 1}
+        if step > since[1] and now > since[0]:
+            values["images_per_second"] = (step - since[1]) * self.batch_size / (now - since[0])
+            self.clock = (now, step)
+        with self.writer.as_default():
+            for name, value in values.items():
+                tf.summary.scalar(name, value, step=step)
+        self.written_step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs = dict(logs or {})
+        step = _step(self.model)
+        if step % self.every_steps == 0:
+            self._write(self.logs, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs = dict(logs or self.logs)
+        self._write(self.logs, _step(self.model))
+
+    def on_train_end(self, logs=None):
+        step = _step(self.model)
+        if step != self.written_step and self.logs:
+            self._write(self.logs, step)
+        self.writer.flush()
+
+
 class StepLogger(keras.callbacks.Callback):
     """A line every `every_steps` steps, for logs that are not a terminal (no progress bar)."""
 
-    def __init__(self, total_steps, every_steps):
+    def __init__(self, total_steps, every_steps, batch_size=None):
         super().__init__()
         self.total_steps = total_steps
         self.every_steps = max(1, every_steps)
+        self.batch_size = batch_size
         self.start = None
         self.start_step = 0
 
@@ -112,22 +161,19 @@ class StepLogger(keras.callbacks.Callback):
         done = step - self.start_step
         eta = elapsed / done * (self.total_steps - step) if done else float("nan")
         shown = ", ".join(f"{k}={float(np.asarray(v)):.4g}" for k, v in (logs or {}).items())
-        print(f"step {step}/{self.total_steps} ({elapsed:.0f}s, eta {eta:.0f}s): {shown}", flush=True)
+        speed = ""
+        if self.batch_size and elapsed > 0:
+            speed = f", {done * self.batch_size / elapsed:.1f} images/s"
+        print(f"step {step}/{self.total_steps} ({elapsed:.0f}s, eta {eta:.0f}s{speed}): {shown}", flush=True)
 
 
-def knn_monitor(config: Config, source: sources.Source, log_dir: str):
-    """The kNN monitor on the eval split, or None when there are no labels to use."""
-    if source.num_classes <= 0:
-        print("kNN monitor off: the training images have no labels.", flush=True)
-        return None
-    try:
-        eval_source = inputs.load_split(config, config.data.eval_split, for_eval=True)
-    except sources.SplitNotFoundError as error:
-        print(f"kNN monitor off: {error}", flush=True)
-        return None
+def knn_monitor(config: Config, splits: inputs.DataSplits, log_dir: str):
+    """The kNN monitor (labelled training images vote for held-out ones), or None without labels."""
+    if splits.eval is None or splits.num_classes <= 0:
+        return None  # no labels: said once where the splits were made
     return KNNMonitor(
-        inputs.eval_dataset(config, source), inputs.eval_dataset(config, eval_source),
-        num_classes=source.num_classes, every_epochs=config.train.knn_every_epochs,
+        inputs.eval_dataset(config, splits.labelled_train), inputs.eval_dataset(config, splits.eval),
+        num_classes=splits.num_classes, every_epochs=config.train.knn_every_epochs,
         log_dir=os.path.join(log_dir, "knn"),
     )
 

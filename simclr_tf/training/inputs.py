@@ -1,32 +1,99 @@
-"""The data a config describes: sources of its splits and their (distributed) datasets."""
+"""The data a config describes: its training and held-out splits, and their (distributed) datasets.
+
+Evaluation is always on images the run never trained on: the data set's evaluation split
+(`eval_split`, or `eval_image_dir` for folders) when it has labels, else a seeded, stratified
+held-out part of the labelled training images (`eval_fraction`), which is then removed from every
+training phase, pretraining included. Unlabelled data has no evaluation and says so.
+"""
 
 from __future__ import annotations
 
-from simclr_tf.config import Config
+import dataclasses
+import functools
+
+import numpy as np
+
+from simclr_tf.config import Config, DataConfig
 from simclr_tf.data import pipeline, sources
 from simclr_tf.distribute import distribute_dataset
 
 
-def load_split(config: Config, split: str, *, for_eval: bool = False) -> sources.Source:
-    """The source of one split, as the data config describes it."""
-    data = config.data
-    image_dir = data.image_dir
-    if for_eval and data.eval_image_dir:
-        image_dir = data.eval_image_dir
-    return sources.load_source(
-        data.dataset,
-        split,
-        data_dir=data.data_dir,
-        download=data.download,
-        image_dir=image_dir,
-        synthetic_examples=data.synthetic_examples,
-        image_size=config.image_size,
-        seed=config.train.seed,
-    )
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    """The images of a run.
+
+    Attributes:
+        train: every training image (pretraining uses all of them; labelled phases the labelled
+            ones), the held-out part excluded.
+        eval: labelled evaluation images, or None when there are no labels to evaluate with.
+        eval_name: what `eval` is, for every printed and stored number (e.g. `digits:test`, or
+            `folder:/data held-out 10% (36 images)`).
+        num_classes: classes of the labelled images (0: unlabelled data).
+    """
+
+    train: sources.Source
+    eval: sources.Source | None
+    eval_name: str
+    num_classes: int
+
+    @property
+    def labelled_train(self) -> sources.Source:
+        """The training images that have a label."""
+        labels = sources.source_labels(self.train)
+        if (labels >= 0).all():
+            return self.train
+        return sources.subset_source(self.train, np.flatnonzero(labels >= 0))
+
+
+NO_LABELS = ("no labels: evaluation, linear evaluation and the kNN monitor are skipped (the images have "
+             "no class sub-folders, at least two, and no labelled --eval_image_dir); add class sub-folders "
+             "or --eval_image_dir to measure accuracy")
+
+
+def data_splits(config: Config) -> DataSplits:
+    """The training and evaluation images of a run (cached: phases share one scan of a folder)."""
+    return _data_splits(config.data, config.image_size, config.train.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _data_splits(data: DataConfig, image_size: int, seed: int) -> DataSplits:
+    def load(split, image_dir=None):
+        return sources.load_source(
+            data.dataset, split, data_dir=data.data_dir, download=data.download,
+            image_dir=image_dir or data.image_dir, synthetic_examples=data.synthetic_examples,
+            image_size=image_size, seed=seed,
+        )
+
+    train = load(data.train_split)
+    evaluation, eval_name = None, ""
+    if data.dataset == "folder":
+        if data.eval_image_dir:
+            evaluation, eval_name = load("test", data.eval_image_dir), f"folder:{data.eval_image_dir}"
+    else:
+        try:
+            evaluation, eval_name = load(data.eval_split), f"{data.dataset}:{data.eval_split}"
+        except sources.SplitNotFoundError as error:
+            print(f"No evaluation split: {error}", flush=True)
+    if evaluation is not None and evaluation.num_classes <= 0:
+        print(f"The evaluation images {eval_name} have no labels.", flush=True)
+        evaluation = None
+    if evaluation is None and train.num_classes > 0:
+        rest, held_out = sources.held_out_split(sources.source_labels(train), fraction=data.eval_fraction,
+                                                seed=seed)
+        if len(held_out):
+            evaluation = sources.subset_source(train, held_out)
+            eval_name = f"{train.name} held-out {data.eval_fraction:.0%} (per class, seed {seed})"
+            train = sources.subset_source(train, rest)
+            print(f"No evaluation split: evaluating on {len(held_out)} images of {eval_name}, which no "
+                  "phase trains on.", flush=True)
+    if evaluation is None:
+        print(NO_LABELS, flush=True)
+    return DataSplits(train=train, eval=evaluation, eval_name=eval_name,
+                      num_classes=max(train.num_classes, 0))
 
 
 def labelled_subset(config: Config, source: sources.Source) -> sources.Source:
-    """The class-balanced label fraction used for supervised training (all labels by default)."""
+    """The labelled images, or the class-balanced fraction of them that supervised training uses."""
     data = config.data
     if data.train_label_fraction >= 1.0 and data.train_labels_per_class <= 0:
         return source
@@ -43,14 +110,12 @@ def labelled_subset(config: Config, source: sources.Source) -> sources.Source:
     return sources.subset_source(source, indices)
 
 
-def num_classes_for(config: Config, source: sources.Source) -> int:
+def num_classes_for(config: Config, splits: DataSplits) -> int:
     """Classes of the supervised head: the config's, the data's when labels are wanted, else 0."""
     if config.model.num_classes:
         return config.model.num_classes
     wants_labels = config.train.train_mode == "finetune" or config.train.lineareval_while_pretraining
-    if not wants_labels or not source.num_classes or source.num_classes <= 0:
-        return 0
-    return source.num_classes
+    return splits.num_classes if wants_labels else 0
 
 
 def train_dataset(config: Config, source: sources.Source, strategy, start_step: int):

@@ -14,7 +14,7 @@ import tensorflow as tf
 from simclr_tf import checkpoints, export
 from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
-from simclr_tf.training import phases
+from simclr_tf.training import linear_eval, phases
 from simclr_tf.training.run_dir import prepare_model_dir, write_result
 
 
@@ -54,6 +54,14 @@ def train(config: Config, strategy=None) -> dict:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _accuracy(protocol, split, examples, top1, top5, detail=None) -> dict:
+    """One measured accuracy: what was measured (protocol), on which images (split)."""
+    entry = {"protocol": protocol, "split": split, "examples": examples, "top1": top1, "top5": top5}
+    if detail:
+        entry["detail"] = detail
+    return entry
+
+
 def _run(config: Config, strategy) -> dict:
     """`train` once the run's global state (seed, determinism, dtype policy) is set."""
     train_config = config.train
@@ -68,14 +76,30 @@ def _run(config: Config, strategy) -> dict:
         model = fitted["model"]
         results.update(fitted["summary"])
         wait_for_all_workers(strategy)  # the chief's last checkpoint is complete: others may read it
+    accuracies = []
     if train_config.mode in ("eval", "train_then_eval"):
-        results.update(phases.evaluate(config, strategy, model))
+        evaluated = phases.evaluate(config, strategy, model)
+        results.update(evaluated)
+        if evaluated:
+            accuracies.append(_accuracy(evaluated["eval_protocol"], evaluated["eval_split"],
+                                        evaluated["eval_examples"], evaluated["eval_top1"],
+                                        evaluated["eval_top5"]))
     if (train_config.mode == "train_then_eval" and train_config.train_mode == "pretrain"
-            and train_config.linear_eval_epochs > 0):
-        if "eval_top1" in results:  # the head trained alongside pretraining
-            results["online_eval_top1"] = results["eval_top1"]
-            results["online_eval_top5"] = results["eval_top5"]
-        results.update(phases.linear_evaluation(config, strategy))
+            and train_config.linear_eval_epochs > 0 and model is not None):
+        numbers = linear_eval.linear_evaluation(config, strategy, model)
+        results.update(numbers)
+        if "linear_eval_top1" in numbers:
+            accuracies.append(_accuracy("linear_eval", numbers["linear_eval_split"],
+                                        numbers["linear_eval_examples"], numbers["linear_eval_top1"],
+                                        numbers["linear_eval_top5"], detail=numbers["linear_eval_protocol"]))
+            if "eval_top1" in results:  # the online head's numbers keep their own names
+                results["online_eval_top1"] = results["eval_top1"]
+                results["online_eval_top5"] = results["eval_top5"]
+            # The headline number of the run is the linear evaluation's.
+            results.update(eval_protocol="linear_eval", eval_top1=numbers["linear_eval_top1"],
+                           eval_top5=numbers["linear_eval_top5"], eval_split=numbers["linear_eval_split"],
+                           eval_examples=numbers["linear_eval_examples"])
+    results["accuracies"] = accuracies
     if model is not None:
         results["weights_sha256"] = checkpoints.weights_fingerprint(model)
     if model is not None and chief:

@@ -1,11 +1,10 @@
-"""The phases of a run: pretraining or fine-tuning, evaluation, and the paper's linear evaluation.
+"""The phases of a run: pretraining or fine-tuning, and evaluation (linear evaluation: linear_eval.py).
 
 Each phase takes the typed `Config` and a strategy and returns its numbers; `loop.py` orders them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
@@ -15,8 +14,7 @@ import keras
 import numpy as np
 
 from simclr_tf import checkpoints, convert
-from simclr_tf.config import Config, save_config
-from simclr_tf.data import sources
+from simclr_tf.config import Config
 from simclr_tf.distribute import (
     check_batch_divisible,
     is_chief,
@@ -29,10 +27,8 @@ from simclr_tf.schedules import WarmupCosineDecay, compute_schedule
 from simclr_tf.training import callbacks as cbs
 from simclr_tf.training import inputs
 from simclr_tf.training.callbacks import TrainingDiverged
-from simclr_tf.training.run_dir import prepare_model_dir, write_result
 
-__all__ = ["TrainingDiverged", "build_for_training", "evaluate", "fit", "linear_eval_config",
-           "linear_evaluation"]
+__all__ = ["TrainingDiverged", "build_for_training", "evaluate", "fit"]
 
 
 def build_for_training(config: Config, strategy, num_classes: int, schedule=None):
@@ -67,10 +63,17 @@ def build_for_training(config: Config, strategy, num_classes: int, schedule=None
 def fit(config: Config, strategy) -> dict:
     """Pretraining or fine-tuning, resuming from the latest checkpoint in model_dir."""
     train = config.train
-    source = inputs.load_split(config, config.data.train_split)
-    num_classes = inputs.num_classes_for(config, source)
+    splits = inputs.data_splits(config)
+    num_classes = inputs.num_classes_for(config, splits)
+    source = splits.train
     if train.train_mode == "finetune":
-        source = inputs.labelled_subset(config, source)
+        if splits.num_classes <= 0:
+            raise ValueError(
+                f"`train_mode=finetune` needs labelled images, and {source.name} has none. Put the "
+                "images in class sub-folders (at least two), or pretrain on them instead "
+                "(--train_mode=pretrain)."
+            )
+        source = inputs.labelled_subset(config, splits.labelled_train)
     num_examples = source.num_examples
     if train.train_batch_size > num_examples:
         raise ValueError(
@@ -119,17 +122,19 @@ def fit(config: Config, strategy) -> dict:
     interactive = sys.stdout.isatty()
     callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps), cbs.Checkpointer(saver, checkpoint_every)]
     if chief and train.knn_every_epochs > 0 and train.train_mode == "pretrain":
-        monitor = cbs.knn_monitor(config, source, log_dir)
+        monitor = cbs.knn_monitor(config, splits, log_dir)
         if monitor is not None:
             callbacks.append(monitor)  # before TensorBoard, which then logs knn_top1 too
+    every = max(1, min(100, steps_per_epoch))
     if chief:
-        callbacks.append(
-            keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, min(100, steps_per_epoch)))
-        )
+        callbacks.append(cbs.ScalarSummaries(log_dir, every, train.train_batch_size))
     if train.train_mode == "pretrain":
         cbs.image_summary(dataset, strategy, log_dir, write=chief)
     if not interactive:
-        callbacks.append(cbs.StepLogger(total_steps, max(1, min(100, steps_per_epoch))))
+        callbacks.append(cbs.StepLogger(total_steps, every, train.train_batch_size))
+    # A run shorter than an epoch is one epoch of exactly its steps, so the progress bar counts
+    # the steps that really run.
+    steps_per_epoch = min(steps_per_epoch, total_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
     started = time.time()
     history = model.fit(
@@ -141,7 +146,10 @@ def fit(config: Config, strategy) -> dict:
         verbose=1 if interactive else 0,
         shuffle=False,  # the input pipeline shuffles, reproducibly from the seed
     )
-    summary["train_seconds"] = round(time.time() - started, 1)
+    seconds = time.time() - started
+    summary["train_seconds"] = round(seconds, 1)
+    steps_run = int(model.optimizer.iterations.numpy()) - start_step
+    summary["train_images_per_second"] = round(steps_run * train.train_batch_size / max(seconds, 1e-9), 2)
     final = {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v}
     summary.update({f"train_{k}": v for k, v in final.items()})
     return {"model": model, "summary": summary, "history": history.history}
@@ -164,95 +172,34 @@ def _restore_for_eval(config: Config, strategy, num_classes: int):
 
 
 def evaluate(config: Config, strategy, model=None) -> dict:
-    """Top-1 / top-5 of the supervised head on the eval split."""
+    """Top-1 / top-5 of the supervised head on the held-out images, named by protocol and split."""
     train = config.train
-    try:
-        source = inputs.load_split(config, config.data.eval_split, for_eval=True)
-    except sources.SplitNotFoundError as error:
-        print(f"Evaluation skipped: {error}", flush=True)
-        return {}
+    splits = inputs.data_splits(config)
+    if splits.eval is None:
+        return {}  # no labels: said once where the splits were made
     if model is None:
-        model, global_step = _restore_for_eval(config, strategy, inputs.num_classes_for(config, source))
+        model, global_step = _restore_for_eval(config, strategy, inputs.num_classes_for(config, splits))
     else:
         global_step = int(model.optimizer.iterations.numpy())
     if model.supervised_head is None:
         print("Evaluation skipped: the model has no supervised head (no labels).", flush=True)
         return {}
-    if source.num_classes <= 0:
-        print("Evaluation skipped: the eval split has no labels.", flush=True)
-        return {}
     metrics = model.evaluate(
-        inputs.eval_dataset(config, source, strategy), steps=train.eval_steps or None,
+        inputs.eval_dataset(config, splits.eval, strategy), steps=train.eval_steps or None,
         verbose=1 if sys.stdout.isatty() else 0, return_dict=True,
     )
     if train.train_mode == "pretrain":
-        protocol = "online linear head (trained on stop-gradient features while pretraining)"
+        protocol = "online_linear_head"  # trained on stop-gradient features while pretraining
     elif train.fine_tune_after_block >= 4:
-        protocol = "linear head on the frozen encoder"
+        protocol = "linear_eval"
     else:
-        protocol = "fine-tuned"
+        protocol = "finetune"
     return {
         "eval_protocol": protocol,
         "eval_top1": float(metrics["top1"]),
         "eval_top5": float(metrics["top5"]),
         "eval_loss": float(metrics["supervised_loss"]),
-        "eval_split": f"{config.data.dataset}:{config.data.eval_split}",
-        "eval_examples": source.num_examples,
+        "eval_split": splits.eval_name,
+        "eval_examples": splits.eval.num_examples,
         "global_step": global_step,
     }
-
-
-def linear_eval_config(config: Config) -> Config:
-    """The paper's linear evaluation of a pretraining run: a linear head on the frozen encoder.
-
-    Trained with the run's augmentation settings for fine-tuning (crop and flip), Nesterov
-    momentum, no weight decay, from the run's latest checkpoint, into `<model_dir>/linear_eval`.
-    """
-    train = dataclasses.replace(
-        config.train,
-        mode="train_then_eval",
-        train_mode="finetune",
-        fine_tune_after_block=4,
-        lineareval_while_pretraining=False,
-        train_epochs=config.train.linear_eval_epochs,
-        train_steps=0,
-        checkpoint_steps=0,
-        checkpoint_epochs=max(1, config.train.linear_eval_epochs),
-        linear_eval_epochs=0,
-        checkpoint=config.train.model_dir,
-        model_dir=os.path.join(config.train.model_dir, "linear_eval"),
-    )
-    optimizer = dataclasses.replace(
-        config.optimizer,
-        optimizer="momentum",
-        learning_rate=config.train.linear_eval_learning_rate,
-        learning_rate_scaling="linear",
-        warmup_epochs=0.0,
-        weight_decay=0.0,
-    )
-    model = dataclasses.replace(config.model, ft_proj_selector=0)
-    return dataclasses.replace(config, train=train, optimizer=optimizer, model=model)
-
-
-def linear_evaluation(config: Config, strategy) -> dict:
-    """Runs `linear_eval_config(config)` (train, then evaluate) and returns its numbers."""
-    le_config = linear_eval_config(config)
-    print(f"Linear evaluation: {le_config.train.train_epochs} epochs on the frozen encoder, "
-          f"into {le_config.train.model_dir}", flush=True)
-    prepare_model_dir(le_config.train.model_dir)
-    chief = is_chief(strategy)
-    if chief:
-        save_config(le_config, le_config.train.model_dir)
-    fitted = fit(le_config, strategy)
-    evaluated = evaluate(le_config, strategy, fitted["model"])
-    if chief:
-        write_result(le_config.train.model_dir, {**fitted["summary"], **evaluated})
-    results = {"linear_eval_dir": le_config.train.model_dir,
-               "linear_eval_train_seconds": fitted["summary"].get("train_seconds", 0.0)}
-    if "eval_top1" in evaluated:
-        results.update(
-            eval_top1=evaluated["eval_top1"], eval_top5=evaluated["eval_top5"],
-            eval_loss=evaluated["eval_loss"], eval_split=evaluated["eval_split"],
-            eval_examples=evaluated["eval_examples"], eval_protocol="linear evaluation (frozen encoder)",
-        )
-    return results
