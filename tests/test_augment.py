@@ -229,6 +229,18 @@ def test_crop_box_area_and_aspect_within_bounds():
     assert aspect.min() < 0.8 and aspect.max() > 1.25
 
 
+def test_no_crop_box_is_below_a_tenth_of_the_image_as_in_the_original():
+    """`min_object_covered=0.1` (the original's): with `area_range=(0.08, 1)` alone, 5.5% would be."""
+    height, width = 60, 80
+    boxes = _over_seeds(lambda s: ops.random_crop_box((height, width, 3), s), 3000)
+    _, _, h, w = boxes.T.astype(np.float64)
+    assert (h * w / (height * width)).min() >= 0.1
+    unfloored = _over_seeds(
+        lambda s: ops.random_crop_box((height, width, 3), s, min_object_covered=0.0), 3000)
+    _, _, h, w = unfloored.T.astype(np.float64)
+    assert 0.03 < np.mean(h * w / (height * width) < 0.1) < 0.08
+
+
 def test_crop_box_honours_custom_ranges():
     boxes = _over_seeds(
         lambda s: ops.random_crop_box(
@@ -587,6 +599,8 @@ Aug = AugmentConfig
          r"`aspect_ratio_range`.*Received: \(0.0, 1.0\)"),
         (lambda: ops.random_crop_box((8, 8, 3), SEED, max_attempts=0),
          r"`max_attempts` must be a positive integer. Received: max_attempts=0"),
+        (lambda: ops.random_crop_box((8, 8, 3), SEED, min_object_covered=1.5),
+         r"`min_object_covered`.*Received: .*1.5"),
         (lambda: ops.random_gaussian_blur(IMAGE, SEED, image_size=8, p=1.5),
          r"`p` must be a number in \[0, 1\]. Received: p=1.5"),
         (lambda: color.random_color_jitter(IMAGE, SEED, strength=1.0, drop_probability=-0.1),
