@@ -57,3 +57,35 @@ def test_knn_bad_input():
         knn_predict(np.ones((3, 2)), [0, 1, 1], np.ones((1, 2)), num_classes=2, k=0)
     with pytest.raises(ValueError, match="unlabelled"):
         knn_predict(np.ones((3, 2)), [0, -1, 1], np.ones((1, 2)), num_classes=2)
+
+
+def test_logistic_regression_eval_chooses_c_on_validation_and_scores_held_out():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from simclr_tf.evaluation import logistic_regression_eval
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 3
+    labels = np.repeat(np.arange(4), 50)
+    features = centres[labels] + rng.normal(size=(200, 16))
+    test_labels = np.repeat(np.arange(4), 10)
+    test_features = centres[test_labels] + rng.normal(size=(40, 16))
+    grid = (1e-3, 1e-1, 10.0)
+    result = logistic_regression_eval(features, labels, test_features, test_labels, c_grid=grid, seed=3)
+    # The same search written out with scikit-learn.
+    x_fit, x_val, y_fit, y_val = train_test_split(features, labels, test_size=0.2, random_state=3,
+                                                  stratify=labels)
+    scores = [make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000, random_state=3))
+              .fit(x_fit, y_fit).score(x_val, y_val) for c in grid]
+    best = max(zip(scores, grid, strict=True), key=lambda sc: (sc[0], -sc[1]))
+    assert result["C"] == best[1] and result["validation_top1"] == pytest.approx(best[0])
+    final = make_pipeline(StandardScaler(), LogisticRegression(C=best[1], max_iter=1000, random_state=3))
+    final.fit(features, labels)
+    assert result["top1"] == pytest.approx(final.score(test_features, test_labels))
+    assert result["top5"] == 1.0  # four classes: the true one is always among the top five
+    assert result["train_examples"] == 200 and result["test_examples"] == 40
+    with pytest.raises(ValueError, match="at least two classes"):
+        logistic_regression_eval(features, np.zeros(200, int), test_features, test_labels)

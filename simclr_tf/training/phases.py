@@ -5,10 +5,12 @@ Each phase takes the typed `Config` and a strategy and returns its numbers; `loo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -76,11 +78,18 @@ def fit(config: Config, strategy) -> dict:
         source = inputs.labelled_subset(config, splits.labelled_train)
     num_examples = source.num_examples
     if train.train_batch_size > num_examples:
-        raise ValueError(
-            f"`train_batch_size` ({train.train_batch_size}) is larger than the training split "
-            f"({num_examples} images of {config.data.dataset}:{config.data.train_split}). Use a "
-            f"batch size of at most {num_examples}."
-        )
+        replicas = strategy.num_replicas_in_sync
+        batch = num_examples // replicas * replicas
+        if batch == 0:
+            raise ValueError(
+                f"The training images ({num_examples} of {source.name}) are fewer than the replicas "
+                f"({replicas}): every replica needs at least one image per step. Use more images or "
+                "fewer devices."
+            )
+        print(f"`train_batch_size` ({train.train_batch_size}) is larger than the {num_examples} training "
+              f"images of {source.name}: using batches of {batch}.", flush=True)
+        train = dataclasses.replace(train, train_batch_size=batch)
+        config = dataclasses.replace(config, train=train)
     check_batch_divisible(train.train_batch_size, strategy.num_replicas_in_sync)
     schedule = compute_schedule(
         base_learning_rate=config.optimizer.learning_rate,
@@ -184,10 +193,14 @@ def evaluate(config: Config, strategy, model=None) -> dict:
     if model.supervised_head is None:
         print("Evaluation skipped: the model has no supervised head (no labels).", flush=True)
         return {}
-    metrics = model.evaluate(
-        inputs.eval_dataset(config, splits.eval, strategy), steps=train.eval_steps or None,
-        verbose=1 if sys.stdout.isatty() else 0, return_dict=True,
-    )
+    with warnings.catch_warnings():
+        # One pass over a dataset of unknown length ends by running out of data, as it should;
+        # Keras warns about that as if training had been cut short.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        metrics = model.evaluate(
+            inputs.eval_dataset(config, splits.eval, strategy), steps=train.eval_steps or None,
+            verbose=1 if sys.stdout.isatty() else 0, return_dict=True,
+        )
     if train.train_mode == "pretrain":
         protocol = "online_linear_head"  # trained on stop-gradient features while pretraining
     elif train.fine_tune_after_block >= 4:
