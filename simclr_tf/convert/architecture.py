@@ -330,9 +330,9 @@ def read_architecture(ckpt: OriginalCheckpoint, *, ft_proj_selector: int | None 
         else:
             selector = fits[0]
             if len(fits) > 1:
-                notes.append(f"the supervised head reads {kernel[0]} features: the encoder output "
-                             f"(taken) or projection layer(s) {fits[1:]}; a SimCLRv2 model fine-tuned "
-                             "from the head's middle needs --ft_proj_selector=1")
+                notes.append("supervised head taken on the encoder output (ft_proj_selector 0); "
+                             "for a SimCLRv2 model fine-tuned from the head's middle pass "
+                             "--ft_proj_selector=1")
         pieces.append(Piece(("supervised_head", "dense"), "dense", dense))
     else:
         missing.append("supervised head (none in the file): fine-tuning starts a new one")
