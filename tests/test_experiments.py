@@ -1,5 +1,6 @@
 """Every recipe in experiments/ parses into a valid configuration (no unknown or bad flag)."""
 
+import dataclasses
 import glob
 import os
 
@@ -62,3 +63,22 @@ def test_recipe_starts_on_mock_data(name, tmp_path):
     with tfds.testing.mock_data(num_examples=8):
         results = train(small)
     assert results["train_steps"] == 1
+
+
+def test_the_quickstart_recipe_is_the_default_config():
+    from simclr_tf.config import Config
+
+    flag_values = flags.FLAGS
+    try:
+        path = os.path.join(ROOT, "experiments", "digits_quickstart.flags")
+        flag_values(["simclr_tf.run", f"--flagfile={path}"])
+        config = run.config_from_flags(flag_values)
+    finally:
+        flag_values.unparse_flags()
+
+    def decided(c):  # `auto` protocols decided, every None filled
+        c = c.resolved()
+        train = dataclasses.replace(c.train, linear_eval_protocol=c.linear_eval_protocol)
+        return dataclasses.replace(c, train=train)
+
+    assert decided(config) == decided(Config())
