@@ -56,7 +56,7 @@ SMALL_DATASETS = ("digits", "synthetic", "folder")
 # The vocabularies: every allowed-value list of simclr_tf, defined here once. The modules that
 # implement them import these names (the ResNet its depths, the heads their modes, ...).
 MODES = ("train", "eval", "train_then_eval")
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
@@ -346,7 +346,8 @@ class TrainConfig:
 
     Attributes:
         mode: `train`, `eval` or `train_then_eval`.
-        train_mode: `pretrain` (contrastive) or `finetune` (supervised from a checkpoint).
+        train_mode: `pretrain` (contrastive), `finetune` (supervised from a checkpoint) or
+            `distill` (a student learns the predictions of `teacher` on unlabelled images).
         lineareval_while_pretraining: train a linear head on stop-gradient features while
             pretraining (needs labels).
         fine_tune_after_block: -1 fine-tunes everything; 0 freezes the stem; k freezes up to
@@ -377,6 +378,12 @@ class TrainConfig:
             labelled images), independent of the pretraining batch.
         deterministic: make TensorFlow ops deterministic, so that a run (also a resumed one)
             gives bit-identical weights for a seed (costs some speed).
+        teacher: with `train_mode=distill`, the frozen teacher: a simclr_tf run directory or
+            checkpoint (with a supervised head), or an original SimCLR SavedModel / checkpoint.
+        distill_temperature: temperature tau of the teacher's and student's softmax in the
+            distillation loss (SimCLRv2, eq. 2).
+        distill_alpha: weight of the cross-entropy on labelled images added to the distillation
+            loss (0: the teacher's predictions alone, as in the paper).
     """
 
     mode: str = "train_then_eval"
@@ -404,10 +411,24 @@ class TrainConfig:
     linear_eval_protocol: str = "auto"
     linear_eval_batch_size: int = 256
     deterministic: bool = False
+    teacher: str | None = None
+    distill_temperature: float = 1.0
+    distill_alpha: float = 0.0
 
     def validate(self) -> None:
         _one_of("mode", self.mode, MODES)
         _one_of("train_mode", self.train_mode, TRAIN_MODES)
+        if self.train_mode == "distill":
+            _check(bool(self.teacher),
+                   "`train_mode=distill` needs a teacher: --teacher=<a simclr_tf run directory or "
+                   "checkpoint with a supervised head, or an original SimCLR SavedModel or checkpoint>. "
+                   f"Received: teacher={self.teacher!r}.")
+        else:
+            _check(not self.teacher,
+                   f"`teacher` is read only with `train_mode=distill`, but train_mode is "
+                   f"{self.train_mode!r}. Add --train_mode=distill or drop --teacher.")
+        _positive("distill_temperature", self.distill_temperature)
+        _positive("distill_alpha", self.distill_alpha, allow_zero=True)
         _check(
             -1 <= self.fine_tune_after_block <= 4,
             f"`fine_tune_after_block` must be in [-1, 4]. Received: {self.fine_tune_after_block!r}.",

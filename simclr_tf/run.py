@@ -88,7 +88,8 @@ _FLAG_SPECS = [
     ("lars_eta", "optimizer", "lars_eta", float, "LARS trust coefficient."),
     # training
     ("mode", "train", "mode", str, "train, eval or train_then_eval."),
-    ("train_mode", "train", "train_mode", str, "pretrain or finetune."),
+    ("train_mode", "train", "train_mode", str,
+     "pretrain, finetune, or distill (a student learns the --teacher's predictions)."),
     ("lineareval_while_pretraining", "train", "lineareval_while_pretraining", bool,
      "Train a linear head on frozen features while pretraining (needs labels)."),
     ("fine_tune_after_block", "train", "fine_tune_after_block", int,
@@ -124,6 +125,13 @@ _FLAG_SPECS = [
      "Base learning rate of that linear evaluation (Nesterov momentum, lr * B / 256)."),
     ("deterministic", "train", "deterministic", bool,
      "Deterministic TensorFlow ops: a seed gives bit-identical weights, resumed or not."),
+    ("teacher", "train", "teacher", str,
+     "With --train_mode=distill: the frozen teacher, a simclr_tf run directory or checkpoint, or an "
+     "original SimCLR SavedModel or checkpoint."),
+    ("distill_temperature", "train", "distill_temperature", float,
+     "Softmax temperature of the distillation loss (SimCLRv2: 1.0 big-to-small, 0.1 self-distillation)."),
+    ("distill_alpha", "train", "distill_alpha", float,
+     "Weight of the cross-entropy on labelled images added to the distillation loss (0: none)."),
     # runtime
     ("strategy", "runtime", "strategy", str, "default, mirrored, multi_worker or tpu."),
     ("tpu_name", "runtime", "tpu_name", str, "TPU name for the cluster resolver."),
@@ -172,6 +180,7 @@ _PROTOCOLS = {
     "online_linear_head": "online linear head, trained on stop-gradient features while pretraining",
     "linear_eval": "linear evaluation",
     "finetune": "fine-tuned",
+    "distill": "distilled student",
 }
 
 

@@ -44,7 +44,8 @@ def build_model(config: Config, num_classes: int, *, encoder=None, fused_batch_n
         ft_proj_selector=m.ft_proj_selector,
         num_classes=num_classes,
         zero_init_logits_layer=m.zero_init_logits_layer,
-        train_mode=config.train.train_mode,
+        # A distilled student is a fine-tuned network (its head reads the `ft_proj_selector` layer).
+        train_mode="finetune" if config.train.train_mode == "distill" else config.train.train_mode,
         lineareval_while_pretraining=config.train.lineareval_while_pretraining,
         fine_tune_after_block=config.train.fine_tune_after_block,
         temperature=config.loss.temperature,

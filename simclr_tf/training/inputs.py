@@ -114,7 +114,8 @@ def num_classes_for(config: Config, splits: DataSplits) -> int:
     """Classes of the supervised head: the config's, the data's when labels are wanted, else 0."""
     if config.model.num_classes:
         return config.model.num_classes
-    wants_labels = config.train.train_mode == "finetune" or config.train.lineareval_while_pretraining
+    train = config.train
+    wants_labels = train.train_mode in ("finetune", "distill") or train.lineareval_while_pretraining
     return splits.num_classes if wants_labels else 0
 
 

@@ -27,7 +27,7 @@ from simclr_tf.models.build import build_model
 from simclr_tf.optimizers import build_optimizer
 from simclr_tf.schedules import WarmupCosineDecay, compute_schedule
 from simclr_tf.training import callbacks as cbs
-from simclr_tf.training import inputs
+from simclr_tf.training import distill, inputs
 from simclr_tf.training.callbacks import TrainingDiverged
 
 __all__ = ["TrainingDiverged", "build_for_training", "evaluate", "fit"]
@@ -76,6 +76,11 @@ def fit(config: Config, strategy) -> dict:
                 "(--train_mode=pretrain)."
             )
         source = inputs.labelled_subset(config, splits.labelled_train)
+    teacher = None
+    if train.train_mode == "distill":  # every training image; the student's classes are the teacher's
+        source = distill.distillation_source(config, splits)
+        teacher = distill.load_teacher(config, strategy, splits.num_classes)
+        num_classes = teacher.num_classes
     num_examples = source.num_examples
     if train.train_batch_size > num_examples:
         replicas = strategy.num_replicas_in_sync
@@ -101,6 +106,9 @@ def fit(config: Config, strategy) -> dict:
         warmup_epochs=config.optimizer.warmup_epochs,
     )
     model, optimizer = build_for_training(config, strategy, num_classes, schedule)
+    # What `fit` trains: the model, or a DistillationModel around it (the checkpoints hold `model`).
+    trained = model if teacher is None else distill.distillation_model(config, strategy, model, optimizer,
+                                                                       teacher)
     chief = is_chief(strategy)
     saver = checkpoints.CheckpointSaver(
         model, optimizer, train.model_dir, max_to_keep=train.keep_checkpoint_max, chief=chief
@@ -146,7 +154,7 @@ def fit(config: Config, strategy) -> dict:
     steps_per_epoch = min(steps_per_epoch, total_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
     started = time.time()
-    history = model.fit(
+    history = trained.fit(
         dataset,
         epochs=epochs,
         initial_epoch=start_step // steps_per_epoch,
@@ -203,6 +211,8 @@ def evaluate(config: Config, strategy, model=None) -> dict:
         )
     if train.train_mode == "pretrain":
         protocol = "online_linear_head"  # trained on stop-gradient features while pretraining
+    elif train.train_mode == "distill":
+        protocol = "distill"
     elif train.fine_tune_after_block >= 4:
         protocol = "linear_eval"
     else:
