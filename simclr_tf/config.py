@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any
 
 from simclr_tf.validation import check_one_of
@@ -62,6 +63,12 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
 COLOR_JITTER_IMPLS = ("v1", "v2")
+# The transformations a view policy (`--view_a`, `--view_b`) may name, in `simclr_tf.data.policy`.
+VIEW_TRANSFORMS = ("crop", "flip", "color", "jitter", "drop", "blur", "cutout", "sobel", "noise", "rotate")
+# Named view policies: `default` is SimCLR's view as the other augment fields set it (flip only with
+# `random_flip`, blur only with `use_blur`); `identity` only resizes.
+VIEW_POLICIES = {"default": "crop,flip,color,blur", "identity": ""}
+CONTRASTIVE_LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LINEAR_EVAL_PROTOCOLS = ("auto", "logistic", "sgd")
@@ -181,6 +188,10 @@ class AugmentConfig:
             set's (`DATASET_AUGMENT`), else 0.08.
         random_flip: flip views horizontally with p = 0.5. `None`: the data set's (off for
             digits, where a mirror image changes the class), else on.
+        view_a / view_b: the policy of the first / second view: transformations of
+            `VIEW_TRANSFORMS` in order, with parameters, e.g. `crop,color(strength=0.5),rotate`,
+            or a name of `VIEW_POLICIES` (`default`: SimCLR's view from the fields above).
+            See `simclr_tf.data.policy`.
 
     These settings apply in every phase that augments: pretraining, and the crop and flip of
     fine-tuning and of the SGD linear evaluation.
@@ -191,6 +202,8 @@ class AugmentConfig:
     color_jitter_impl: str = "v2"
     crop_min_area: float | None = None
     random_flip: bool | None = None
+    view_a: str = "default"
+    view_b: str = "default"
 
     def for_dataset(self, dataset: str) -> AugmentConfig:
         """This config with `random_flip` / `crop_min_area` left `None` filled for `dataset`."""
@@ -227,6 +240,15 @@ class AugmentConfig:
             self.crop_min_area is None or 0.0 < self.crop_min_area <= 1.0,
             f"`crop_min_area` must be in (0, 1]. Received: {self.crop_min_area!r}.",
         )
+        for name in ("view_a", "view_b"):  # names only; simclr_tf.data.policy checks parameters
+            value = getattr(self, name)
+            names = re.sub(r"\([^()]*\)", "", value).split(",") if isinstance(value, str) else ["?"]
+            _check(
+                all(n.strip() in VIEW_TRANSFORMS for n in names if n.strip())
+                or (isinstance(value, str) and value.strip() in VIEW_POLICIES),
+                f"`{name}` must be a named policy ({', '.join(VIEW_POLICIES)}) or transformations of "
+                f"{', '.join(VIEW_TRANSFORMS)}, comma-separated, e.g. 'crop,color'. Received: {value!r}.",
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,11 @@ Usage:
     python -m simclr_tf.preview --digits --out grid.png --pairs 6
     python -m simclr_tf.preview --image photo.jpg --out grid.png --image_size 96 \\
         --color_jitter_strength 0.5 --no_use_blur --seed 3
+    python -m simclr_tf.preview --digits --out grid.png --view_a crop --view_b crop,rotate
+
+`--policy` sets the policy of both views, `--view_a` / `--view_b` of one (`simclr_tf.data.policy`):
+a named policy (`default`: SimCLR's view, `identity`) or transformations in order, e.g.
+`crop,cutout,noise(std=0.05)`. The resolved policies are printed.
 
 `--color_jitter_strength` and `--use_blur` default to the papers' choice for the image size:
 strength 1.0 with blur above 32 px (ImageNet), 0.5 without blur at 32 px and below (CIFAR).
@@ -125,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no_use_blur", dest="use_blur", action="store_false", help="never blur")
     parser.add_argument("--crop_min_area", type=float, default=0.08, help="smallest crop area fraction")
+    parser.add_argument("--policy", default="default",
+                        help="policy of both views: default, identity, or e.g. crop,rotate")
+    parser.add_argument("--view_a", default=None, help="policy of the first view (default: --policy)")
+    parser.add_argument("--view_b", default=None, help="policy of the second view (default: --policy)")
     return parser
 
 
@@ -144,14 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         use_blur=args.use_blur,
         color_jitter_impl=args.color_jitter_impl,
         crop_min_area=args.crop_min_area,
+        view_a=args.view_a or args.policy,
+        view_b=args.view_b or args.policy,
     ).for_image_size(image_size)  # the papers' strength and blur for this size where not given
     strength, use_blur = augment.color_jitter_strength, augment.use_blur
 
     import tensorflow as tf  # after the argument checks: a typo should not wait for TensorFlow
 
-    from simclr_tf.data import views
+    from simclr_tf.data import policy, views
 
     try:
+        described = [policy.describe_policy(policy.resolve_policy(spec, augment, flag))
+                     for flag, spec in (("view_a", augment.view_a), ("view_b", augment.view_b))]
         original = views.eval_preprocess(image, image_size=image_size).numpy()
         pairs = []
         for row in range(args.pairs):
@@ -171,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     source = "digits" if args.digits else args.image
     print(
         f"Wrote {args.out} ({grid.shape[1]} x {grid.shape[0]} px): {source}, {args.pairs} pairs at "
-        f"{image_size} px, strength {strength}, blur {'on' if use_blur else 'off'}, seed {args.seed}."
+        f"{image_size} px, strength {strength}, blur {'on' if use_blur else 'off'}, seed {args.seed}.\n"
+        f"  view_a: {described[0]}\n  view_b: {described[1]}"
     )
     return 0
 

@@ -58,6 +58,11 @@ _FLAG_SPECS = [
      "Smallest area fraction of random crops; default 0.08 (0.2 for digits)."),
     ("random_flip", "augment", "random_flip", bool,
      "Random horizontal flips in every augmenting phase; default on (off for digits)."),
+    ("view_a", "augment", "view_a", str,
+     "Policy of the first view: transformations in order, e.g. crop,color,rotate (crop, flip, color, "
+     "jitter, drop, blur, cutout, sobel, noise, rotate; parameters as noise(std=0.05)), or a named "
+     "policy: default (SimCLR's view), identity."),
+    ("view_b", "augment", "view_b", str, "Policy of the second view; see --view_a."),
     # model
     ("resnet_depth", "model", "resnet_depth", int, "ResNet depth: 18, 34, 50, 101, 152, 200."),
     ("width_multiplier", "model", "width_multiplier", int, "ResNet width multiplier."),

@@ -97,3 +97,21 @@ def test_bad_arguments_exit_with_code_2(tmp_path, capsys, args, message):
         preview.main([*args, "--out", str(tmp_path / "grid.png")])
     assert error.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_named_and_per_view_policies_are_shown(tmp_path, capsys):
+    out = tmp_path / "policy.png"
+    args = ["--digits", "--out", str(out), "--pairs", "2", "--view_a", "identity", "--view_b", "rotate"]
+    assert preview.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "view_a: identity" in printed and "view_b: rotate(p=1)" in printed
+    grid = np.asarray(Image.open(out)).astype(int)
+    for row in range(2):
+        top = 6 + row * 38
+        view_1 = grid[top : top + 32, 6 + 38 : 6 + 38 + 32]
+        view_2 = grid[top : top + 32, 6 + 76 : 6 + 76 + 32]
+        assert np.abs(view_1 - preview.digits_image(0)).max() <= 1  # identity: the digit itself
+        assert any(np.array_equal(view_2, np.rot90(view_1, k)) for k in (1, 2, 3))
+    with pytest.raises(SystemExit):
+        preview.main(["--digits", "--out", str(out), "--policy", "crop,spin"])
+    assert "unknown transformation 'spin'" in capsys.readouterr().err

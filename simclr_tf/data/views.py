@@ -33,18 +33,17 @@ from __future__ import annotations
 import tensorflow as tf
 
 from simclr_tf.config import SMALL_IMAGE_SIZE, AugmentConfig
-from simclr_tf.data.color import check_impl, check_strength, sample_color
+from simclr_tf.data.color import check_impl, check_strength
 from simclr_tf.data.kernel import apply_view_ops, check_image, check_seed, split_seed
 from simclr_tf.data.ops import (
-    blur_kernel_size,
     center_crop_box,
     check_crop_min_area,
     check_image_size,
     random_resized_crop,
     resize_bicubic,
-    sample_blur,
     sample_flip,
 )
+from simclr_tf.data.policy import apply_policy, resolve_policy
 from simclr_tf.validation import check_one_of
 
 
@@ -81,13 +80,16 @@ def resolve_augment(augment: AugmentConfig, image_size: int) -> AugmentConfig:
     check_impl(augment.color_jitter_impl)
     check_crop_min_area(augment.crop_min_area)
     check_one_of("random_flip", augment.random_flip, (True, False))
+    for flag in ("view_a", "view_b"):
+        resolve_policy(getattr(augment, flag), augment, flag)
     return augment
 
 
 def augment_view(
-    image, seed, *, image_size: int, augment: AugmentConfig = AugmentConfig()  # noqa: B008 (frozen)
+    image, seed, *, image_size: int, augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen)
+    policy: str | None = None,
 ) -> tf.Tensor:
-    """One SimCLR view: crop + flip, colour jitter / drop, then (optionally) blur.
+    """One SimCLR view: crop + flip, colour jitter / drop, then (optionally) blur; or any policy.
 
     Args:
         image: uint8 (0-255) or float (0-1) tensor of shape `(height, width, 3)`.
@@ -96,6 +98,8 @@ def augment_view(
         augment: `AugmentConfig`. Colour strength, blur, colour-jitter implementation, smallest
             crop area and flips; `None` fields take the paper's default for `image_size`.
             Defaults to `AugmentConfig()`.
+        policy: str or None. The view policy (`simclr_tf.data.policy`), e.g. `"crop,rotate"`;
+            None: `augment.view_a`, which is `default`, SimCLR's view, unless set.
 
     Returns:
         float32 tensor of shape `(image_size, image_size, 3)` in `[0, 1]`.
@@ -116,29 +120,22 @@ def augment_view(
     """
     image_size = check_image_size(image_size)
     augment = resolve_augment(augment, image_size)
-    seeds = split_seed(check_seed(seed), 4)  # (4, 2): crop, flip, colour, blur
-    view = random_resized_crop(
-        image, seeds[0], output_size=image_size, area_range=(augment.crop_min_area, 1.0)
-    )
-    # The same parameters as random_flip, random_color_jitter and random_gaussian_blur with these
-    # seeds, applied in one fused call.
-    impl = augment.color_jitter_impl
-    params = {
-        **sample_flip(seeds[1]),
-        **sample_color(seeds[2], augment.color_jitter_strength, impl, 0.8, 0.2),
-    }
-    if not augment.random_flip:
-        params["flip"] = tf.constant(False)
-    if augment.use_blur:
-        params.update(sample_blur(seeds[3], 0.5))
-    view = apply_view_ops(view, params, impl=impl, kernel_size=blur_kernel_size(image_size))
-    return tf.ensure_shape(view, (image_size, image_size, 3))
+    flag = "view_a" if policy is None else "policy"
+    transforms = resolve_policy(augment.view_a if policy is None else policy, augment, flag)
+    # `default` is crop, then flip, colour and blur with the seeds split in four (crop, flip,
+    # colour, blur), the last three in one fused kernel call: SimCLR's view as it always was.
+    return apply_policy(image, check_seed(seed), transforms, image_size=image_size,
+                        impl=augment.color_jitter_impl)
 
 
 def two_views(
     image, seed, *, image_size: int, augment: AugmentConfig = AugmentConfig()  # noqa: B008 (frozen)
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Two independent SimCLR views of one image (see `augment_view` for the arguments).
+
+    The first view follows the policy `augment.view_a`, the second `augment.view_b` (both
+    `default`, SimCLR's view, unless set): a transformation on one branch only is
+    `AugmentConfig(view_a="crop", view_b="crop,rotate")`.
 
     Returns:
         `(view_1, view_2)`, each float32 of shape `(image_size, image_size, 3)` in `[0, 1]`.
@@ -150,8 +147,8 @@ def two_views(
     augment = resolve_augment(augment, image_size)
     seeds = split_seed(check_seed(seed), 2)  # (2, 2)
     return (
-        augment_view(image, seeds[0], image_size=image_size, augment=augment),
-        augment_view(image, seeds[1], image_size=image_size, augment=augment),
+        augment_view(image, seeds[0], image_size=image_size, augment=augment, policy=augment.view_a),
+        augment_view(image, seeds[1], image_size=image_size, augment=augment, policy=augment.view_b),
     )
 
 
