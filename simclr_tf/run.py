@@ -233,6 +233,7 @@ def main(argv):
     # TensorFlow is imported only now, after the flags were checked.
     from simclr_tf.distribute import make_strategy
     from simclr_tf.training import train
+    from simclr_tf.training.run_dir import ModelDirBusy
 
     try:
         strategy = make_strategy(
@@ -243,7 +244,7 @@ def main(argv):
             gcp_project=config.runtime.gcp_project,
         )
         results = train(config, strategy)
-    except (ValueError, FileNotFoundError, PermissionError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError, ModelDirBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     results.pop("config", None)

@@ -90,3 +90,49 @@ def test_export_onto_a_user_folder_of_the_same_number_refuses_and_keeps_it(base_
     assert "Traceback" not in done.stderr
     assert os.listdir(userdata) == ["4"]
     assert os.listdir(os.path.join(userdata, "4")) == ["notes.txt"]
+
+
+# --- 2. one run per model_dir ---------------------------------------------------------------------
+
+def _wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _lock_holder(model_dir):
+    try:
+        with open(os.path.join(model_dir, ".run.lock")) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def test_second_run_on_a_busy_model_dir_stops_at_once_and_names_the_first(tmp_path):
+    model_dir = str(tmp_path / "run")
+    first = subprocess.Popen(_train_command(model_dir, "--seed=1", steps=1000), env=_env(), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: str(first.pid) in _lock_holder(model_dir))
+        second = _run(_train_command(model_dir, "--seed=2"))
+        assert first.poll() is None, "the first run should still be running"
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 1
+    assert f"process {first.pid}" in second.stderr and "--model_dir" in second.stderr
+    assert "Traceback" not in second.stderr
+    with open(os.path.join(model_dir, "config.json")) as f:
+        assert json.load(f)["train"]["seed"] == 1  # the second run wrote nothing
+
+
+def test_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, ".run.lock"), "w") as f:  # what a SIGKILLed run leaves
+        json.dump({"pid": 999999, "host": "here", "started": "yesterday", "command": "run"}, f)
+    done = _run(_train_command(model_dir, steps=2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Taking over" in done.stdout and "999999" in done.stdout
+    assert _lock_holder(model_dir) == ""  # released at the end

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -15,14 +16,16 @@ from simclr_tf import checkpoints, export
 from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
 from simclr_tf.training import linear_eval, phases
-from simclr_tf.training.run_dir import prepare_model_dir, write_result
+from simclr_tf.training.run_dir import model_dir_lock, prepare_model_dir, write_result
 
 
 def train(config: Config, strategy=None) -> dict:
     """Runs what the config says (train, eval, or both) and returns the results.
 
     Writes into `config.train.model_dir`: `config.json`, checkpoints `ckpt-<step>`, TensorBoard
-    logs under `logs/`, `result.json`, and the exported encoder under `saved_model/<step>`.
+    logs under `logs/`, `result.json`, and the exported encoder under `saved_model/<step>`. The
+    chief holds `<model_dir>/.run.lock` meanwhile: a second run on the same model_dir stops at once
+    with `ModelDirBusy` naming the first.
 
     Args:
         config: Config. The whole run; validated and resolved here.
@@ -41,6 +44,15 @@ def train(config: Config, strategy=None) -> dict:
     strategy = strategy or tf.distribute.get_strategy()
     train_config = config.train
     prepare_model_dir(train_config.model_dir)
+    # One writer per model_dir: the chief holds the lock (other workers write only scratch files).
+    lock = model_dir_lock(train_config.model_dir) if is_chief(strategy) else contextlib.nullcontext()
+    with lock:
+        return _locked(config, strategy)
+
+
+def _locked(config: Config, strategy) -> dict:
+    """`train` while holding the model_dir's lock."""
+    train_config = config.train
     keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -1,12 +1,24 @@
-"""One run's directory: checked writable before any work, results written atomically."""
+"""One run's directory: checked writable before any work, one writer at a time (a lock), results
+written atomically."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
+import sys
+import time
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".run.lock"
+
+
+class ModelDirBusy(RuntimeError):
+    """Another process is running in this model_dir; the message names it."""
 
 
 def prepare_model_dir(model_dir: str) -> None:
@@ -22,6 +34,11 @@ def prepare_model_dir(model_dir: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC, f"No space left on the device of `model_dir` {model_dir!r}. Free some "
+                "space (old checkpoints, exports) or choose another --model_dir."
+            ) from None
         raise PermissionError(
             f"`model_dir` {model_dir!r} is not writable ({error.strerror}). Choose another "
             "--model_dir or fix its permissions."
@@ -42,3 +59,52 @@ def write_result(model_dir: str, values: dict) -> str:
     path = os.path.join(model_dir, RESULT_FILE)
     write_json(path, values)
     return path
+
+
+@contextlib.contextmanager
+def model_dir_lock(model_dir: str):
+    """Holds `<model_dir>/.run.lock` while the run lasts: one writer per model_dir.
+
+    The lock is an `flock` on the file, which the system releases when the process ends however it
+    ends, so a crashed run's lock is never in the way: the next run takes it over (and says so,
+    since the file still names the crashed process). The file itself stays, emptied on a clean end.
+
+    Raises:
+        ModelDirBusy: another live process holds the lock; the message names it.
+    """
+    path = os.path.join(model_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        raise ModelDirBusy(
+            f"Another run is using `model_dir` {model_dir!r}: {holder}. Two runs in one model_dir "
+            "overwrite each other's checkpoints, config.json and results. Wait for it to end (or "
+            "stop it), or pass another --model_dir."
+        ) from None
+    previous = _read_holder(fd, default="")
+    if previous:
+        print(f"Taking over {path}: {previous} ended without releasing it.", flush=True)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    try:
+        yield path
+    finally:
+        os.ftruncate(fd, 0)  # empty: a clean end (a non-empty file means the holder crashed)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read_holder(fd: int, default: str = "a process that did not say which") -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+    except (ValueError, OSError):
+        return default
+    if not isinstance(holder, dict):
+        return default
+    return (f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')} "
+            f"({holder.get('command', '')})")
