@@ -44,6 +44,9 @@ def teacher_config(path: str) -> tuple[Config, int]:
     if _is_original(path):
         arch, _ = convert.read_architecture(convert.OriginalCheckpoint(path))
         config, num_classes = config_for(arch, model_dir=path), arch.num_classes
+        for note in arch.notes:  # e.g. which projection layer a fine-tuned head reads is ambiguous
+            print(f"Teacher {path}: {note} (to choose, convert it first: python -m simclr_tf.convert "
+                  f"{path} --model_dir=<dir> --ft_proj_selector=1, and pass --teacher=<dir>).", flush=True)
     else:
         prefix = checkpoints.resolve_checkpoint(path)
         run_dir = path if os.path.isdir(path) else os.path.dirname(prefix)
