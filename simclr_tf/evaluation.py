@@ -31,9 +31,13 @@ def extract_features(encoder, dataset, *, feature="final_avg_pool"):
     Returns:
         `(features, labels)`: float32 `(N, D)` and int64 `(N,)` NumPy arrays.
     """
-    call = tf.function(lambda images: encoder(images, training=False)[feature], reduce_retracing=True)
+    call = None
     features, labels = [], []
     for images, batch_labels in dataset:
+        if call is None:  # one trace for every batch, the smaller last one included
+            spec = tf.TensorSpec([None, *images.shape[1:]], images.dtype)
+            call = tf.function(lambda x: encoder(x, training=False)[feature], input_signature=[spec],
+                               autograph=False)
         features.append(np.asarray(call(images), np.float32))
         labels.append(np.asarray(batch_labels).reshape(-1))
     if not features:

@@ -99,7 +99,7 @@ def build_export_module(model, *, include_heads=True, image_size=None):
                 outputs["logits_sup"] = supervised_head(head_input, training=training)
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
-    @tf.function
+    @tf.function(autograph=False)  # plain Python control flow on Python arguments: nothing to convert
     def call(images, training=False, trainable=None):
         if trainable is not None:  # the original SimCLR modules' spelling
             training = bool(trainable) or bool(training)
@@ -113,9 +113,9 @@ def build_export_module(model, *, include_heads=True, image_size=None):
         call.get_concrete_function(_IMAGES_SPEC, trainable=trainable)
         call.get_concrete_function(_IMAGES_SPEC, training=False, trainable=trainable)
 
-    call_inference = tf.function(lambda images: features(images, training=False),
+    call_inference = tf.function(lambda images: features(images, training=False), autograph=False,
                                  input_signature=[_IMAGES_SPEC])
-    call_training = tf.function(lambda images: features(images, training=True),
+    call_training = tf.function(lambda images: features(images, training=True), autograph=False,
                                 input_signature=[_IMAGES_SPEC])
 
     parts = [encoder] + [p for p in (projection_head, supervised_head) if p is not None]
