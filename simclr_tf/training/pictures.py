@@ -42,6 +42,11 @@ def embedding_png(features: np.ndarray, labels: np.ndarray, path: str, *, title:
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
     if title:
         draw.text((margin, 4), title, fill=(0, 0, 0))
+    classes = sorted({int(label) for label in np.asarray(labels).reshape(-1) if label >= 0})
+    for row, label in enumerate(classes[:24]):  # a legend: one swatch per class, top right
+        y = margin + 12 * row
+        draw.rectangle([size - 44, y, size - 36, y + 8], fill=_PALETTE[label % len(_PALETTE)])
+        draw.text((size - 32, y - 2), str(label), fill=(0, 0, 0))
     tmp = f"{path}.tmp-{os.getpid()}.png"
     image.save(tmp)
     os.replace(tmp, path)
