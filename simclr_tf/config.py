@@ -311,15 +311,20 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """NT-Xent.
+    """The contrastive loss.
 
     Attributes:
         temperature: softmax temperature tau (0.1 for ImageNet, 0.5 for CIFAR-10).
         hidden_norm: L2-normalise the projections before the dot products (cosine similarity).
+        contrastive_loss: `nt_xent` (SimCLR's), `nt_logistic` or `margin_triplet` (the paper's
+            Table 2; `simclr_tf.losses`).
+        margin: the margin of `margin_triplet`, in units of the similarity.
     """
 
     temperature: float = 0.5
     hidden_norm: bool = True
+    contrastive_loss: str = "nt_xent"
+    margin: float = 0.5
 
     def validate(self) -> None:
         _check(
@@ -328,6 +333,8 @@ class LossConfig:
             f"`temperature` must be a positive number (the paper uses 0.1 on ImageNet, 0.5 on "
             f"CIFAR-10). Received: {self.temperature!r}.",
         )
+        _one_of("contrastive_loss", self.contrastive_loss, CONTRASTIVE_LOSSES)
+        _positive("margin", self.margin, allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)

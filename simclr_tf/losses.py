@@ -1,4 +1,5 @@
-"""The contrastive loss of SimCLR: NT-Xent, on one device or across replicas.
+"""The contrastive losses of SimCLR: NT-Xent, and NT-Logistic and margin triplet (the paper's
+Table 2), on one device or across replicas (the same gathering for all three).
 
 References:
     - [Chen et al., 2020. A Simple Framework for Contrastive Learning of Visual
@@ -88,11 +89,144 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
             tf.cast(tf.argmax(logits_ab, 1) == tf.argmax(labels, 1), tf.float32))
         ```
     """
+    _check_temperature(temperature)
+    logits_a, logits_b, labels, exclude, local_size = _pairwise_logits(z_1, z_2, temperature, normalize)
+    loss_a = _cross_entropy(logits_a, labels, exclude)  # (N,)
+    loss_b = _cross_entropy(logits_b, labels, exclude)  # (N,)
+    # A replica may hold no samples in an uneven final evaluation batch: its loss is then 0,
+    # not NaN.
+    loss = tf.math.divide_no_nan(tf.reduce_sum(loss_a + loss_b), tf.cast(local_size, tf.float32))
+    logits_ab = tf.where(exclude, tf.constant(_MASK_VALUE, tf.float32), logits_a)  # (N, 2 N_global)
+    return loss, logits_ab, labels
+
+
+def nt_logistic(z_1, z_2, temperature=0.1, normalize=True):
+    """NT-Logistic: each positive and each negative pair scored by a logistic loss (paper, Table 1).
+
+    For a query `u` with positive `v+` and negatives `v-` (the same `2 * N_global - 2` views as
+    NT-Xent, gathered across replicas the same way), the paper's objective is
+    `log sigmoid(u.v+ / t) + log sigmoid(-u.v- / t)`; here the loss of a query is
+    `-log sigmoid(s+ / t) - mean over v- of log sigmoid(-s- / t)`: the negatives are averaged, so
+    the positive and the negatives weigh the same whatever the batch size. Without hard-negative
+    mining (the paper's "sh" rows are not implemented). Scale, arguments, gathering and return
+    values as `nt_xent` (the loss sums both directions, averaged over the local samples).
+
+    Args:
+        z_1: float tensor of shape `(N, D)`. Projections of the first views.
+        z_2: float tensor of shape `(N, D)`. Projections of the second views.
+        temperature: float. Temperature t. Defaults to `0.1`.
+        normalize: bool. L2-normalise the projections. Defaults to `True`.
+
+    Returns:
+        `(loss, logits_ab, labels)` as `nt_xent`.
+
+    Raises:
+        ValueError: as `nt_xent`.
+
+    References:
+        Chen et al., 2020, section 5.1, Tables 1 and 2. https://arxiv.org/abs/2002.05709
+    """
+    _check_temperature(temperature)
+    logits_a, logits_b, labels, exclude, local_size = _pairwise_logits(z_1, z_2, temperature, normalize)
+
+    def per_query(logits):  # (N, 2 N_global) -> (N,)
+        positive = tf.reduce_sum(labels * logits, axis=1)
+        negatives = _negatives(labels, exclude)
+        negative = tf.math.divide_no_nan(
+            tf.reduce_sum(tf.where(negatives, tf.math.log_sigmoid(-logits), 0.0), axis=1),
+            tf.reduce_sum(tf.cast(negatives, tf.float32), axis=1))
+        return -tf.math.log_sigmoid(positive) - negative
+
+    loss = tf.math.divide_no_nan(tf.reduce_sum(per_query(logits_a) + per_query(logits_b)),
+                                 tf.cast(local_size, tf.float32))
+    logits_ab = tf.where(exclude, tf.constant(_MASK_VALUE, tf.float32), logits_a)
+    return loss, logits_ab, labels
+
+
+def margin_triplet(z_1, z_2, margin=0.5, normalize=True):
+    """Margin triplet: a negative costs when it is not `margin` less similar than the positive.
+
+    The paper's objective (Table 1) is `-max(u.v- - u.v+ + m, 0)`; here the loss of a query `u`
+    is the mean over its negatives `v-` of `max(s- - s+ + margin, 0)`, with `s` the dot products
+    (cosine similarities when `normalize`), no temperature. Without semi-hard negative mining (the
+    paper's "sh" rows are not implemented). Negatives, gathering, scale and return values as
+    `nt_xent` (the logits are the similarities themselves, temperature 1).
+
+    Args:
+        z_1: float tensor of shape `(N, D)`. Projections of the first views.
+        z_2: float tensor of shape `(N, D)`. Projections of the second views.
+        margin: float >= 0. The margin m. Defaults to `0.5`.
+        normalize: bool. L2-normalise the projections. Defaults to `True`.
+
+    Returns:
+        `(loss, logits_ab, labels)` as `nt_xent`.
+
+    Raises:
+        ValueError: if `margin` is negative, or the shapes are wrong (as `nt_xent`).
+
+    References:
+        Chen et al., 2020, section 5.1, Tables 1 and 2. https://arxiv.org/abs/2002.05709
+    """
+    if isinstance(margin, numbers.Real) and not margin >= 0:
+        raise ValueError(f"`margin` must be a number >= 0 (a difference of cosine similarities, "
+                         f"e.g. 0.5). Received: margin={margin!r}.")
+    logits_a, logits_b, labels, exclude, local_size = _pairwise_logits(z_1, z_2, 1.0, normalize)
+
+    def per_query(logits):  # (N, 2 N_global) -> (N,)
+        positive = tf.reduce_sum(labels * logits, axis=1, keepdims=True)  # (N, 1)
+        negatives = _negatives(labels, exclude)
+        hinge = tf.nn.relu(logits - positive + tf.cast(margin, tf.float32))  # (N, 2 N_global)
+        return tf.math.divide_no_nan(tf.reduce_sum(tf.where(negatives, hinge, 0.0), axis=1),
+                                     tf.reduce_sum(tf.cast(negatives, tf.float32), axis=1))
+
+    loss = tf.math.divide_no_nan(tf.reduce_sum(per_query(logits_a) + per_query(logits_b)),
+                                 tf.cast(local_size, tf.float32))
+    logits_ab = tf.where(exclude, tf.constant(_MASK_VALUE, tf.float32), logits_a)
+    return loss, logits_ab, labels
+
+
+def contrastive_loss(name, z_1, z_2, *, temperature=0.1, normalize=True, margin=0.5):
+    """The contrastive loss `name` (`nt_xent`, `nt_logistic` or `margin_triplet`) of `z_1`, `z_2`.
+
+    `temperature` is read by NT-Xent and NT-Logistic, `margin` by margin triplet.
+
+    Returns:
+        `(loss, logits_ab, labels)` as `nt_xent`.
+
+    Raises:
+        ValueError: an unknown `name`, or an invalid argument of that loss.
+    """
+    if name == "nt_xent":
+        return nt_xent(z_1, z_2, temperature=temperature, normalize=normalize)
+    if name == "nt_logistic":
+        return nt_logistic(z_1, z_2, temperature=temperature, normalize=normalize)
+    if name == "margin_triplet":
+        return margin_triplet(z_1, z_2, margin=margin, normalize=normalize)
+    raise ValueError(f"`contrastive_loss` must be one of 'nt_xent', 'nt_logistic', 'margin_triplet'. "
+                     f"Received: contrastive_loss={name!r}.")
+
+
+def _check_temperature(temperature):
     if isinstance(temperature, numbers.Real) and not temperature > 0:
         raise ValueError(
             "`temperature` must be a positive number (the paper uses 0.1 on ImageNet, 0.5 on "
             f"CIFAR-10). Received: temperature={temperature!r}."
         )
+
+
+def _negatives(labels, exclude):
+    """Entries of the `(N, 2 N_global)` logits that are negatives: neither positive nor self."""
+    return tf.logical_not(tf.logical_or(labels > 0, exclude))
+
+
+def _pairwise_logits(z_1, z_2, temperature, normalize):
+    """The two directions' logits over the (gathered) global batch; see `nt_xent`.
+
+    Returns:
+        `(logits_a, logits_b, labels, exclude, local_size)`: float32 `(N, 2 N_global)` logits of
+        the view-1 and view-2 queries (`[sim(q, other view of all), sim(q, same view of all)] / t`),
+        the one-hot positives, the bool self-similarity mask, and `N`.
+    """
     z_1 = tf.cast(z_1, tf.float32)  # (N, D)
     z_2 = tf.cast(z_2, tf.float32)  # (N, D)
     _check_shapes(z_1.shape, z_2.shape)
@@ -130,13 +264,7 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
     exclude = tf.concat([tf.zeros_like(is_self), is_self], axis=1)  # (N, 2 N_global)
     logits_a = tf.concat([similarities(z_1, z_2_all), similarities(z_1, z_1_all)], axis=1)
     logits_b = tf.concat([similarities(z_2, z_1_all), similarities(z_2, z_2_all)], axis=1)
-    loss_a = _cross_entropy(logits_a, labels, exclude)  # (N,)
-    loss_b = _cross_entropy(logits_b, labels, exclude)  # (N,)
-    # A replica may hold no samples in an uneven final evaluation batch: its loss is then 0,
-    # not NaN.
-    loss = tf.math.divide_no_nan(tf.reduce_sum(loss_a + loss_b), tf.cast(local_size, tf.float32))
-    logits_ab = tf.where(exclude, tf.constant(_MASK_VALUE, tf.float32), logits_a)  # (N, 2 N_global)
-    return loss, logits_ab, labels
+    return logits_a, logits_b, labels, exclude, local_size
 
 
 def _cross_entropy(logits, labels, exclude):

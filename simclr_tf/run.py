@@ -82,6 +82,9 @@ _FLAG_SPECS = [
     # loss
     ("temperature", "loss", "temperature", float, "NT-Xent temperature."),
     ("hidden_norm", "loss", "hidden_norm", bool, "L2-normalise projections in NT-Xent."),
+    ("contrastive_loss", "loss", "contrastive_loss", str,
+     "nt_xent (SimCLR), nt_logistic or margin_triplet (the paper's Table 2)."),
+    ("margin", "loss", "margin", float, "Margin of --contrastive_loss=margin_triplet."),
     # optimizer
     ("optimizer", "optimizer", "optimizer", str, "lars, momentum or adam."),
     ("learning_rate", "optimizer", "learning_rate", float, "Base learning rate."),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.losses import nt_xent
+from simclr_tf.losses import contrastive_loss, margin_triplet, nt_logistic, nt_xent
 
 
 def reference_nt_xent(z_1, z_2, temperature, normalize):
@@ -219,3 +219,139 @@ def test_inputs_of_rank_other_than_two_are_rejected():
         nt_xent(np.ones((2, 3, 1), np.float32), np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match=r"`z_2` must have shape \(batch_size, dim\)"):
         nt_xent(np.ones((2, 3), np.float32), np.ones((2,), np.float32))
+
+
+# --- NT-Logistic and margin triplet (the paper's Table 1 and 2) --------------------------------------
+
+
+def _reference_pairs(z_1, z_2, normalize):
+    """Queries, positives and negatives of the 2N views, written out in float64."""
+    z = np.concatenate([np.asarray(z_1, np.float64), np.asarray(z_2, np.float64)])  # (2N, D)
+    if normalize:
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z_1)
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        negatives = [k for k in range(2 * n) if k not in (i, positive)]
+        yield z[i], z[positive], [z[k] for k in negatives]
+
+
+def reference_nt_logistic(z_1, z_2, temperature, normalize):
+    """-log sigmoid(u.v+ / t) - mean over v- of log sigmoid(-u.v- / t), summed over the 2N queries / N."""
+    def log_sigmoid(x):
+        return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+    total = 0.0
+    for u, v_pos, v_negs in _reference_pairs(z_1, z_2, normalize):
+        total -= log_sigmoid(u @ v_pos / temperature)
+        if v_negs:
+            total -= sum(log_sigmoid(-(u @ v) / temperature) for v in v_negs) / len(v_negs)
+    return total / len(z_1)
+
+
+def reference_margin_triplet(z_1, z_2, margin, normalize):
+    """Mean over v- of max(u.v- - u.v+ + m, 0), summed over the 2N queries / N."""
+    total = 0.0
+    for u, v_pos, v_negs in _reference_pairs(z_1, z_2, normalize):
+        if v_negs:
+            total += sum(max(u @ v - u @ v_pos + margin, 0.0) for v in v_negs) / len(v_negs)
+    return total / len(z_1)
+
+
+VARIANT_GRID = list(itertools.product([1, 2, 8], [4, 32], [True, False]))
+
+
+@pytest.mark.parametrize("n, d, normalize", VARIANT_GRID)
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_logistic_matches_its_formula(n, d, normalize, temperature):
+    z_1, z_2 = _pair(n, d, seed=n * 100 + d)
+    loss, logits_ab, labels = nt_logistic(z_1, z_2, temperature=temperature, normalize=normalize)
+    np.testing.assert_allclose(loss.numpy(), reference_nt_logistic(z_1, z_2, temperature, normalize),
+                               rtol=2e-5, atol=2e-5)
+    assert logits_ab.shape == labels.shape == (n, 2 * n)
+
+
+@pytest.mark.parametrize("n, d, normalize", VARIANT_GRID)
+@pytest.mark.parametrize("margin", [0.0, 0.5, 2.0])
+def test_margin_triplet_matches_its_formula(n, d, normalize, margin):
+    z_1, z_2 = _pair(n, d, seed=n * 100 + d + 1)
+    loss, _, _ = margin_triplet(z_1, z_2, margin=margin, normalize=normalize)
+    np.testing.assert_allclose(loss.numpy(), reference_margin_triplet(z_1, z_2, margin, normalize),
+                               rtol=2e-5, atol=2e-5)
+
+
+def test_variants_by_hand():
+    # Two samples, orthonormal views: every similarity is 0 but each positive is 1.
+    z_1 = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32)
+    loss, _, _ = margin_triplet(z_1, z_1, margin=1.5)  # per query: max(0 - 1 + 1.5, 0) = 0.5
+    np.testing.assert_allclose(loss.numpy(), 2 * 0.5, rtol=1e-6)  # two directions
+    loss, _, _ = nt_logistic(z_1, z_1, temperature=1.0)  # -log sig(1) - log sig(0) per query
+    np.testing.assert_allclose(loss.numpy(), 2 * (math.log1p(math.exp(-1.0)) + math.log(2.0)), rtol=1e-6)
+
+
+def test_contrastive_loss_dispatches_and_nt_xent_is_unchanged():
+    z_1, z_2 = _pair(4, 8, seed=3)
+    for name, expected in [("nt_xent", nt_xent(z_1, z_2, temperature=0.2)),
+                           ("nt_logistic", nt_logistic(z_1, z_2, temperature=0.2)),
+                           ("margin_triplet", margin_triplet(z_1, z_2, margin=0.3))]:
+        got = contrastive_loss(name, z_1, z_2, temperature=0.2, margin=0.3)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match=r"`contrastive_loss` must be one of 'nt_xent'.*Received: contrastive_loss='xent'"):
+        contrastive_loss("xent", z_1, z_2)
+    with pytest.raises(ValueError, match=r"`margin` must be a number >= 0.*Received: margin=-1"):
+        margin_triplet(z_1, z_2, margin=-1)
+    with pytest.raises(ValueError, match=r"`temperature` must be a positive number"):
+        nt_logistic(z_1, z_2, temperature=0.0)
+
+
+_REPLICAS_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from simclr_tf.losses import contrastive_loss
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+x_1, x_2 = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(2))
+w0 = rng.normal(size=(6, 5)).astype(np.float32)
+out = {}
+for name in ("nt_xent", "nt_logistic", "margin_triplet"):
+    w = tf.Variable(w0)
+    with tf.GradientTape() as tape:
+        single, _, _ = contrastive_loss(name, x_1 @ w, x_2 @ w, temperature=0.3, margin=0.4)
+    single_grad = tape.gradient(single, w).numpy()
+    with strategy.scope():
+        wd = tf.Variable(w0)
+
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            loss, _, _ = contrastive_loss(name, a @ wd, b @ wd, temperature=0.3, margin=0.4)
+            scaled = loss / 2.0
+        return loss, tape.gradient(scaled, wd)
+
+    shard = lambda x: strategy.experimental_distribute_values_from_function(
+        lambda ctx: x[ctx.replica_id_in_sync_group * 4:(ctx.replica_id_in_sync_group + 1) * 4])
+    losses, grads = strategy.run(tf.function(step), (shard(x_1), shard(x_2)))
+    mean_loss = float(strategy.reduce("MEAN", losses, axis=None))
+    grad = strategy.reduce("SUM", grads, axis=None).numpy()
+    out[name] = [abs(mean_loss - float(single)), float(np.abs(grad - single_grad).max()), float(single)]
+print(json.dumps(out))
+"""
+
+
+def test_every_variant_across_two_replicas_equals_one_device_with_the_global_batch():
+    """The loss averaged over 2 replicas and the gradient summed over them equal one device's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _REPLICAS_SCRIPT], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (loss_error, grad_error, loss) in result.items():
+        assert loss > 0, name
+        assert loss_error < 1e-5 and grad_error < 1e-5, (name, loss_error, grad_error)

@@ -222,3 +222,28 @@ def test_mixed_precision_step_matches_float32(policy):
     cosine = update @ reference_update / (np.linalg.norm(update) * np.linalg.norm(reference_update))
     assert cosine > 0.99
     np.testing.assert_allclose(np.linalg.norm(update), np.linalg.norm(reference_update), rtol=0.05)
+
+
+@pytest.mark.parametrize("loss_name", ["nt_logistic", "margin_triplet"])
+def test_pretrain_steps_with_a_loss_variant_lower_that_loss(loss_name):
+    from simclr_tf.losses import contrastive_loss
+
+    keras.utils.set_random_seed(3)
+    model = _compile(_model(num_classes=0, contrastive_loss=loss_name, margin=0.5))
+    data = _views()
+    (view_1, view_2), _ = data
+
+    def loss(training):
+        z = model(tf.concat([view_1, view_2], 0), training=training)["proj_head_output"]
+        return float(contrastive_loss(loss_name, z[:8], z[8:], temperature=model.temperature,
+                                      margin=0.5)[0])
+
+    before = loss(True)  # the step's metric is the loss of the weights before it
+    first = model.train_step(data)
+    np.testing.assert_allclose(float(first["contrastive_loss"]), before, rtol=1e-4)
+    for _ in range(5):
+        model.train_step(data)
+    assert before > 0 and loss(True) < before
+    assert SimCLRModel.from_config(model.get_config()).contrastive_loss == loss_name
+    with pytest.raises(ValueError, match=r"`contrastive_loss` must be one of .*Received: 'xent'"):
+        SimCLRModel(contrastive_loss="xent")

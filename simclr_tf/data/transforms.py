@@ -188,7 +188,9 @@ def rotate90(image, k) -> tf.Tensor:
     Returns:
         The rotated tensor, of the same shape and dtype.
     """
-    once = lambda x: tf.reverse(tf.transpose(x, (1, 0, 2)), axis=[0])  # noqa: E731 (np.rot90)
+    def once(x):  # np.rot90: transpose, then reverse the rows
+        return tf.reverse(tf.transpose(x, (1, 0, 2)), axis=[0])
+
     image = tf.convert_to_tensor(image)
     k = tf.math.floormod(tf.cast(k, tf.int32), 4)
     return tf.switch_case(k, [lambda: image, lambda: once(image), lambda: once(once(image)),

@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from simclr_tf.config import TRAIN_MODES
-from simclr_tf.losses import nt_xent
+from simclr_tf.config import CONTRASTIVE_LOSSES, TRAIN_MODES
+from simclr_tf.losses import contrastive_loss as contrastive_loss_of
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import build_resnet, freeze_up_to_block
 from simclr_tf.optimizers import LARS, VariableRoles, weight_decay_loss
@@ -104,6 +104,8 @@ class SimCLRModel(keras.Model):
         fine_tune_after_block: int. -1 trains everything; k freezes the stem and groups 1..k.
         temperature: float. NT-Xent temperature.
         hidden_norm: bool. L2-normalise projections in NT-Xent.
+        contrastive_loss: str. `nt_xent`, `nt_logistic` or `margin_triplet` (`simclr_tf.losses`).
+        margin: float. The margin of `margin_triplet`.
         optimizer_name: str or None. `lars`, `momentum` or `adam`; decides where the loss-term
             weight decay goes. None: `lars` if the compiled optimizer is LARS, else `momentum`.
         weight_decay: float. L2 weight decay of the loss term (LARS decays the other weights
@@ -132,6 +134,8 @@ class SimCLRModel(keras.Model):
         fine_tune_after_block=-1,
         temperature=0.1,
         hidden_norm=True,
+        contrastive_loss="nt_xent",
+        margin=0.5,
         optimizer_name=None,
         weight_decay=0.0,
         **kwargs,
@@ -139,6 +143,9 @@ class SimCLRModel(keras.Model):
         super().__init__(**kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. Received: {train_mode!r}.")
+        if contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"`contrastive_loss` must be one of {CONTRASTIVE_LOSSES}. "
+                             f"Received: {contrastive_loss!r}.")
         if encoder is not None and not isinstance(encoder, keras.layers.Layer):
             raise ValueError(
                 "`encoder` must be a Keras model or layer mapping images (batch_size, height, width, 3) "
@@ -175,6 +182,8 @@ class SimCLRModel(keras.Model):
         self.fine_tune_after_block = fine_tune_after_block
         self.temperature = temperature
         self.hidden_norm = hidden_norm
+        self.contrastive_loss = contrastive_loss
+        self.margin = margin
         self.optimizer_name = optimizer_name
         self.weight_decay = weight_decay
 
@@ -311,8 +320,9 @@ class SimCLRModel(keras.Model):
             h = encoder_features(self.encoder, images, training=training)[FEATURE]
             z, _ = self.projection_head(h, training=training)
             z_1, z_2 = z[:batch_size], z[batch_size:]
-            loss, logits_ab, labels_ab = nt_xent(
-                z_1, z_2, temperature=self.temperature, normalize=self.hidden_norm
+            loss, logits_ab, labels_ab = contrastive_loss_of(
+                self.contrastive_loss, z_1, z_2, temperature=self.temperature,
+                normalize=self.hidden_norm, margin=self.margin,
             )
             self.contrastive_loss_tracker.update_state(loss)
             hit = tf.equal(tf.argmax(logits_ab, axis=1), tf.argmax(labels_ab, axis=1))
@@ -409,7 +419,8 @@ class SimCLRModel(keras.Model):
                     "batch_norm_decay", "global_bn", "fused_batch_norm", "proj_head_mode",
                     "proj_out_dim", "num_proj_layers", "ft_proj_selector", "num_classes",
                     "zero_init_logits_layer", "train_mode", "lineareval_while_pretraining",
-                    "fine_tune_after_block", "temperature", "hidden_norm", "optimizer_name",
+                    "fine_tune_after_block", "temperature", "hidden_norm", "contrastive_loss",
+                    "margin", "optimizer_name",
                     "weight_decay",
                 )
             }
