@@ -80,7 +80,16 @@ class CheckpointSaver:
             status = _parts_checkpoint(self.model, with_supervised_head=True).restore(latest)
             status = status.expect_partial()
         else:
-            status = self.checkpoint.restore(latest)
+            try:
+                status = self.checkpoint.restore(latest)
+            except (ValueError, tf.errors.InvalidArgumentError) as error:  # a shape differs
+                raise CheckpointMismatchError(
+                    f"The checkpoint {latest} does not fit this model and optimizer "
+                    f"({str(error).splitlines()[0][:300]}). It was written with other model or "
+                    "optimizer flags (resnet_depth, width_multiplier, sk_ratio, proj_head_mode, "
+                    "num_proj_layers, optimizer, the data's classes). Use the flags of the run "
+                    "that wrote it, or another --model_dir."
+                ) from None
         _check_matched(status, latest)
         step = step_of(latest)
         if self.optimizer is not None and not model_only:
@@ -115,6 +124,11 @@ def weights_fingerprint(model) -> str:
         digest.update(f"{value.dtype}{value.shape};".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    """The newest checkpoint prefix in `directory` (the `checkpoint` file's), or None."""
+    return tf.train.latest_checkpoint(directory)
 
 
 def step_of(path: str) -> int:

@@ -136,3 +136,51 @@ def test_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Taking over" in done.stdout and "999999" in done.stdout
     assert _lock_holder(model_dir) == ""  # released at the end
+
+
+# --- 3. a run that cannot resume stops before it writes anything ----------------------------------
+
+def _copy_run(base_run, tmp_path):
+    import shutil
+
+    model_dir = str(tmp_path / "copy")
+    shutil.copytree(base_run, model_dir)
+    with open(os.path.join(model_dir, "config.json"), "rb") as f:
+        return model_dir, f.read()
+
+
+def _assert_config_untouched_and_exportable(model_dir, config_bytes, tmp_path):
+    with open(os.path.join(model_dir, "config.json"), "rb") as f:
+        assert f.read() == config_bytes
+    done = _export("--model_dir", model_dir, "--export_dir", str(tmp_path / "export"))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_other_architecture_on_a_run_names_the_flags_and_keeps_config_json(base_run, tmp_path):
+    model_dir, config_bytes = _copy_run(base_run, tmp_path)
+    done = _run(_train_command(model_dir, "--resnet_depth=34", "--width_multiplier=2", steps=6))
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "--resnet_depth is 18 there and 34 now" in done.stderr
+    assert "--width_multiplier is 1 there and 2 now" in done.stderr
+    assert "--model_dir" in done.stderr and "Traceback" not in done.stderr
+    assert "incompatible tensor" not in done.stderr
+    _assert_config_untouched_and_exportable(model_dir, config_bytes, tmp_path)
+
+
+def test_other_classes_on_a_run_names_the_data_flags_and_keeps_config_json(base_run, tmp_path):
+    from PIL import Image
+
+    model_dir, config_bytes = _copy_run(base_run, tmp_path)
+    rng = __import__("numpy").random.default_rng(0)
+    for name in ("cats", "dogs"):
+        os.makedirs(tmp_path / "images" / name)
+        for i in range(12):
+            pixels = rng.integers(0, 255, (16, 16, 3)).astype("uint8")
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    command = [c for c in _train_command(model_dir, steps=6) if c != "--dataset=synthetic"]
+    done = _run(command + ["--dataset=folder", f"--image_dir={tmp_path / 'images'}"])
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "10 classes" in done.stderr and "would have 2" in done.stderr
+    assert "--dataset is 'synthetic' there and 'folder' now" in done.stderr
+    assert "resnet_depth" not in done.stderr and "Traceback" not in done.stderr
+    _assert_config_untouched_and_exportable(model_dir, config_bytes, tmp_path)

@@ -15,8 +15,8 @@ import tensorflow as tf
 from simclr_tf import checkpoints, export
 from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
-from simclr_tf.training import linear_eval, phases
-from simclr_tf.training.run_dir import model_dir_lock, prepare_model_dir, write_result
+from simclr_tf.training import inputs, linear_eval, phases
+from simclr_tf.training.run_dir import check_resumable, model_dir_lock, prepare_model_dir, write_result
 
 
 def train(config: Config, strategy=None) -> dict:
@@ -78,6 +78,9 @@ def _run(config: Config, strategy) -> dict:
     """`train` once the run's global state (seed, determinism, dtype policy) is set."""
     train_config = config.train
     chief = is_chief(strategy)
+    # Nothing is written before the config is known to fit the model_dir's checkpoints.
+    check_resumable(config, train_config.model_dir,
+                    num_classes=lambda: inputs.num_classes_for(config, inputs.data_splits(config)))
     if chief:
         save_config(config, train_config.model_dir)
 

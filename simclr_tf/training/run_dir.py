@@ -12,6 +12,9 @@ import socket
 import sys
 import time
 
+from simclr_tf import checkpoints
+from simclr_tf.config import ConfigError, load_config
+
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".run.lock"
@@ -59,6 +62,68 @@ def write_result(model_dir: str, values: dict) -> str:
     path = os.path.join(model_dir, RESULT_FILE)
     write_json(path, values)
     return path
+
+
+# The flags that shape a checkpoint's variables: a run with other values cannot resume from it.
+_WEIGHT_FLAGS = {
+    "model": ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio", "cifar_stem",
+              "proj_head_mode", "proj_out_dim", "num_proj_layers", "num_classes"),
+    "optimizer": ("optimizer",),
+}
+# The flags that decide the supervised head's classes.
+_CLASS_FLAGS = {
+    "data": ("dataset", "image_dir", "data_dir", "train_split"),
+    "train": ("train_mode", "lineareval_while_pretraining"),
+    "model": ("num_classes",),
+}
+
+
+def _differences(old, new, fields) -> list[str]:
+    return [f"--{name} is {getattr(getattr(old, section), name)!r} there and "
+            f"{getattr(getattr(new, section), name)!r} now"
+            for section, names in fields.items() for name in names
+            if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)]
+
+
+def check_resumable(config, model_dir: str, num_classes=None) -> None:
+    """Stops a run that cannot resume the checkpoints in model_dir, before it writes anything.
+
+    Compares the config with the model_dir's `config.json` on the flags that shape the weights,
+    and the supervised head's classes (`num_classes()`, called only when there is a checkpoint)
+    with the newest checkpoint's.
+
+    Raises:
+        ConfigError: naming each differing flag with its value in the run and now, and what to do.
+    """
+    latest = checkpoints.latest_checkpoint(model_dir)
+    if latest is None:
+        return
+    what_to_do = (f"Use the flags of the run that wrote them, or pass another --model_dir (with "
+                  f"--checkpoint={model_dir} to start from its weights).")
+    old = None
+    if os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
+        try:
+            old = load_config(model_dir).resolved()
+        except (ValueError, TypeError, OSError):
+            old = None  # an unreadable config.json: the checkpoint's own shapes decide
+    if old is not None:
+        differ = _differences(old, config, _WEIGHT_FLAGS)
+        if differ:
+            raise ConfigError(
+                f"`model_dir` {model_dir!r} holds checkpoints of another model: "
+                f"{'; '.join(differ)}. They cannot be resumed with these flags, and nothing was "
+                f"written. {what_to_do}"
+            )
+    if num_classes is None:
+        return
+    stored, wanted = checkpoints.checkpoint_num_classes(latest), num_classes()
+    if stored != wanted:
+        differ = _differences(old, config, _CLASS_FLAGS) if old is not None else []
+        raise ConfigError(
+            f"The checkpoint {latest} has a supervised head of {stored} classes (0: none), and this "
+            f"run's would have {wanted}" + (f": {'; '.join(differ)}" if differ else "") +
+            f". It cannot be resumed with these flags, and nothing was written. {what_to_do}"
+        )
 
 
 @contextlib.contextmanager
