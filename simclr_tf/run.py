@@ -236,6 +236,7 @@ def main(argv):
     # TensorFlow is imported only now, after the flags were checked.
     from simclr_tf.distribute import make_strategy
     from simclr_tf.training import train
+    from simclr_tf.training.callbacks import Interrupted
     from simclr_tf.training.run_dir import ModelDirBusy
 
     try:
@@ -250,6 +251,13 @@ def main(argv):
     except (ValueError, OSError, FloatingPointError, ModelDirBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Interrupted as stopped:  # SIGTERM or Ctrl-C while training: the step was saved
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training, or a second one
+        print(f"Interrupted. Checkpoints in {config.train.model_dir} are kept: rerun the same "
+              "command to resume from the latest.", file=sys.stderr)
+        return 130
     results.pop("config", None)
     _print_summary(results)
     return 0

@@ -184,3 +184,41 @@ def test_other_classes_on_a_run_names_the_data_flags_and_keeps_config_json(base_
     assert "--dataset is 'synthetic' there and 'folder' now" in done.stderr
     assert "resnet_depth" not in done.stderr and "Traceback" not in done.stderr
     _assert_config_untouched_and_exportable(model_dir, config_bytes, tmp_path)
+
+
+# --- 4. SIGTERM and Ctrl-C save the current step ----------------------------------------------------
+
+def _latest_step(model_dir):
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(model_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_while_training_saves_the_step_and_the_rerun_resumes(tmp_path, signum, exit_code):
+    model_dir = str(tmp_path / "run")
+    log = tmp_path / "stdout.txt"
+    # No periodic checkpoint within the test's time: whatever is saved, the signal saved.
+    command = _train_command(model_dir, "--checkpoint_steps=900", steps=1000)
+    with open(log, "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        process = subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=out, stderr=err)
+        try:
+            _wait_for(lambda: "step 8/1000" in log.read_text())
+            process.send_signal(signum)
+            process.wait(timeout=120)
+        finally:
+            process.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    name = signal.Signals(signum).name
+    assert process.returncode == exit_code, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    step = _latest_step(model_dir)
+    assert step >= 8
+    assert f"Stopped by {name} at step {step}: saved {os.path.join(model_dir, f'ckpt-{step}')}." in stderr
+    assert _lock_holder(model_dir) == ""
+
+    resumed = _run(_train_command(model_dir, "--checkpoint_steps=900", steps=step + 2))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {step}." in resumed.stdout
+    assert _latest_step(model_dir) == step + 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
 
 import keras
@@ -62,13 +64,57 @@ class NaNGuard(keras.callbacks.Callback):
         )
 
 
-class Checkpointer(keras.callbacks.Callback):
-    """Saves `ckpt-<step>` every `every_steps` steps and at the end of training."""
+class Interrupted(Exception):
+    """Training stopped on SIGTERM or Ctrl-C after saving its step; `exit_code` is 128 + signal."""
 
-    def __init__(self, manager: checkpoints.CheckpointSaver, every_steps: int):
+    def __init__(self, signum: int, step: int, path):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"Stopped by {name} at step {step}: saved {path}. Rerun the same command to resume "
+            "from there."
+        )
+        self.exit_code = 128 + signum
+
+
+class SignalStop:
+    """While training (a `with` block): SIGTERM and Ctrl-C are noted, not fatal, so that the
+    `Checkpointer` saves the current step and stops training cleanly. A second Ctrl-C stops at once
+    (`KeyboardInterrupt`). Outside the main thread, or with `enabled=False`, it does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        return False
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves `ckpt-<step>` every `every_steps` steps and at the end of training, and at once (then
+    stops training) when `stop` (a `SignalStop`) has received SIGTERM or Ctrl-C."""
+
+    def __init__(self, manager: checkpoints.CheckpointSaver, every_steps: int, stop=None):
         super().__init__()
         self.manager = manager
         self.every_steps = max(1, every_steps)
+        self.stop = stop
         self.last_saved = -1
 
     def _save(self):
@@ -82,8 +128,11 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = _step(self.model)
-        if step - self.last_saved >= self.every_steps or step % self.every_steps == 0:
+        stopping = self.stop is not None and self.stop.received is not None
+        if stopping or step - self.last_saved >= self.every_steps or step % self.every_steps == 0:
             self._save()
+        if stopping:
+            self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         self._save()

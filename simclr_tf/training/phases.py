@@ -137,7 +137,11 @@ def fit(config: Config, strategy) -> dict:
 
     dataset = inputs.train_dataset(config, source, strategy, start_step)
     interactive = sys.stdout.isatty()
-    callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps), cbs.Checkpointer(saver, checkpoint_every)]
+    # SIGTERM (a scheduler's notice before preemption) and Ctrl-C save the current step and stop;
+    # with several workers every one must take part in a save, so there a signal ends at once.
+    stop = cbs.SignalStop(enabled=not is_multi_worker(strategy))
+    callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps),
+                 cbs.Checkpointer(saver, checkpoint_every, stop=stop)]
     if chief and train.knn_every_epochs > 0 and train.train_mode == "pretrain":
         monitor = cbs.knn_monitor(config, splits, log_dir)
         if monitor is not None:
@@ -154,15 +158,18 @@ def fit(config: Config, strategy) -> dict:
     steps_per_epoch = min(steps_per_epoch, total_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
     started = time.time()
-    history = trained.fit(
-        dataset,
-        epochs=epochs,
-        initial_epoch=start_step // steps_per_epoch,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
-        verbose=1 if interactive else 0,
-        shuffle=False,  # the input pipeline shuffles, reproducibly from the seed
-    )
+    with stop:
+        history = trained.fit(
+            dataset,
+            epochs=epochs,
+            initial_epoch=start_step // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=1 if interactive else 0,
+            shuffle=False,  # the input pipeline shuffles, reproducibly from the seed
+        )
+    if stop.received is not None:
+        raise cbs.Interrupted(stop.received, int(model.optimizer.iterations.numpy()), saver.latest)
     seconds = time.time() - started
     summary["train_seconds"] = round(seconds, 1)
     steps_run = int(model.optimizer.iterations.numpy()) - start_step
