@@ -202,8 +202,10 @@ def test_default_augment_config_is_the_old_seed_layout_of_the_single_ops(image_s
 def test_resolve_augment_fills_only_the_nones(image_size, given, expected):
     resolved = views.resolve_augment(given, image_size)
     assert (resolved.color_jitter_strength, resolved.use_blur) == expected
+    # Crop and flip left None take the generic defaults (a data set's own come from Config.resolved).
     assert (resolved.color_jitter_impl, resolved.crop_min_area, resolved.random_flip) == (
-        given.color_jitter_impl, given.crop_min_area, given.random_flip)
+        given.color_jitter_impl, 0.08 if given.crop_min_area is None else given.crop_min_area,
+        True if given.random_flip is None else given.random_flip)
 
 
 def test_augment_must_be_an_augment_config():
