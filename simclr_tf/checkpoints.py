@@ -2,13 +2,18 @@
 
 TensorFlow writes a checkpoint's data and index files first and only then rewrites the small
 `checkpoint` state file (itself replaced atomically), so a process killed mid-save leaves the
-previous checkpoint as the latest one: a rerun resumes from it.
+previous checkpoint as the latest one: a rerun resumes from it. A newest checkpoint that is missing
+or unreadable (a truncated data file, a copy cut short) is reported and the newest intact one is
+used instead. A save that fails (a full disk) removes its partial files.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import os
+import re
 import shutil
 
 import numpy as np
@@ -51,7 +56,8 @@ class CheckpointSaver:
 
     @property
     def latest(self):
-        return tf.train.latest_checkpoint(self.directory)
+        """The newest intact checkpoint in the directory, or None."""
+        return latest_checkpoint(self.directory)
 
     def save(self, step: int) -> str | None:
         """Writes `ckpt-<step>`, unless the weights are not finite (then the last good one stays)."""
@@ -60,7 +66,18 @@ class CheckpointSaver:
                 f"Not saving step {step}: the model's weights contain NaN or Inf. The last good "
                 f"checkpoint {self.latest} is kept. Lower the learning rate or raise the temperature."
             )
-        path = self.manager.save(checkpoint_number=step)
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as error:
+            self._remove_partial(step)
+            if "No space left on device" not in str(error) and getattr(error, "errno", 0) != errno.ENOSPC:
+                raise
+            raise OSError(
+                f"No space left on device while saving the checkpoint of step {step} in "
+                f"{self.manager.directory}: its partial files were removed, and the last complete "
+                f"checkpoint {self.latest} is kept. Free some space (old exports, other runs) and "
+                "rerun the same command to resume from it."
+            ) from None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             try:  # `.worker_scratch` too, unless another worker of this machine is saving into it
@@ -70,11 +87,32 @@ class CheckpointSaver:
             return None
         return path
 
+    def _remove_partial(self, step: int) -> None:
+        """Files of a failed save of `step`: not referenced by the `checkpoint` file, so unused."""
+        prefix = os.path.join(self.manager.directory, f"{CHECKPOINT_NAME}-{int(step)}")
+        shutil.rmtree(prefix + "_temp", ignore_errors=True)
+        for path in glob.glob(glob.escape(prefix) + ".*"):
+            if re.fullmatch(r"\.(index|data-\d+-of-\d+)(\.tempstate\d+)?", path[len(prefix):]):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+
     def restore_latest(self, *, model_only: bool = False) -> int:
-        """Restores the newest checkpoint in the directory; returns its step (0 if none)."""
-        latest = self.latest
-        if latest is None:
-            return 0
+        """Restores the newest intact checkpoint in the directory; returns its step (0 if none).
+
+        A newer checkpoint that is missing or unreadable is reported (one line) and skipped.
+        """
+        for latest in intact_checkpoints(self.directory, report=print):
+            try:
+                return self._restore(latest, model_only=model_only)
+            except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError,
+                    IndexError) as error:  # corrupt data the size check could not see
+                print(f"The checkpoint {latest} is unreadable ({_first_line(error)}): trying an "
+                      "older one.", flush=True)
+        return 0
+
+    def _restore(self, latest: str, *, model_only: bool) -> int:
         if model_only or self.optimizer is None:
             # The layers only: a model compiled for evaluation tracks another optimizer.
             status = _parts_checkpoint(self.model, with_supervised_head=True).restore(latest)
@@ -126,9 +164,61 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def latest_checkpoint(directory: str) -> str | None:
-    """The newest checkpoint prefix in `directory` (the `checkpoint` file's), or None."""
-    return tf.train.latest_checkpoint(directory)
+def latest_checkpoint(directory: str, report=None) -> str | None:
+    """The newest intact checkpoint prefix in `directory`, or None (see `intact_checkpoints`)."""
+    return next(iter(intact_checkpoints(directory, report=report)), None)
+
+
+def intact_checkpoints(directory: str, report=None):
+    """The checkpoints in `directory` that look complete, newest first.
+
+    The `checkpoint` file's latest comes first, then every `ckpt-<step>.index` by step. A
+    checkpoint counts as intact when its index reads and its data files exist and are at least as
+    large as the tensors they hold (a truncated copy or an interrupted write is not); `report`
+    (e.g. `print`) is told about each one skipped.
+    """
+    state = tf.train.get_checkpoint_state(directory)
+    named = [state.model_checkpoint_path] if state and state.model_checkpoint_path else []
+    named = [p if os.path.isabs(p) else os.path.join(directory, p) for p in named]
+    found = sorted((path[: -len(".index")] for path in
+                    glob.glob(os.path.join(glob.escape(directory), f"{CHECKPOINT_NAME}-*.index"))),
+                   key=step_of, reverse=True)
+    seen = set()
+    for prefix in named + found:
+        if prefix in seen:
+            continue
+        seen.add(prefix)
+        problem = _problem(prefix)
+        if problem is None:
+            yield prefix
+        elif report is not None:
+            report(f"Skipping the checkpoint {prefix}: {problem}.")
+
+
+def _problem(prefix: str):
+    """Why a checkpoint cannot be read (a short reason), or None when it looks complete."""
+    if not os.path.exists(prefix + ".index"):
+        return "its index file is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as error:
+        return f"its index is unreadable ({_first_line(error)})"
+    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
+    shards = [p for p in shards if re.fullmatch(r"\.data-\d+-of-\d+", p[len(prefix):])]
+    if not shards:
+        return "its data file is missing"
+    expected = sum(int(np.prod(shape)) * dtypes[name].size for name, shape in shapes.items()
+                   if dtypes[name] != tf.string)
+    held = sum(os.path.getsize(p) for p in shards)
+    if held < expected:
+        return f"its data holds {held} bytes of the {expected} its index lists (truncated)"
+    return None
+
+
+def _first_line(error) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1][:300]
 
 
 def step_of(path: str) -> int:
@@ -162,7 +252,7 @@ def _parts_checkpoint(model, *, with_supervised_head):
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
     if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
+        latest = latest_checkpoint(path, report=print)
         if latest is None:
             raise FileNotFoundError(
                 f"No checkpoint found in the directory {path!r}: it should hold `ckpt-<step>.index` "

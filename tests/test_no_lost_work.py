@@ -222,3 +222,82 @@ def test_signal_while_training_saves_the_step_and_the_rerun_resumes(tmp_path, si
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {step}." in resumed.stdout
     assert _latest_step(model_dir) == step + 2
+
+
+# --- 5. unreadable newest checkpoints, leftovers of interrupted saves, a full disk ----------------
+
+def test_checkpoint_file_naming_a_missing_checkpoint_falls_back_and_leftovers_are_removed(
+        base_run, tmp_path):
+    model_dir, _ = _copy_run(base_run, tmp_path)
+    with open(os.path.join(model_dir, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "ckpt-99"\nall_model_checkpoint_paths: "ckpt-99"\n')
+    os.makedirs(os.path.join(model_dir, "ckpt-10_temp"))  # what a save cut short leaves
+    with open(os.path.join(model_dir, "ckpt-10_temp", "part-00000-of-00001.data-00000-of-00001"), "wb") as f:
+        f.write(b"\0" * 2**20)
+    os.makedirs(os.path.join(model_dir, "saved_model", ".tmp-10-12345", "variables"))
+    done = _run(_train_command(model_dir, steps=6))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Skipping the checkpoint {os.path.join(model_dir, 'ckpt-99')}: its index file is missing." \
+        in done.stdout
+    assert f"Resuming from {os.path.join(model_dir, 'ckpt-4')} at step 4." in done.stdout
+    assert "Removed 1.0 MB" in done.stdout and "ckpt-10_temp" in done.stdout
+    assert _latest_step(model_dir) == 6
+    assert not os.path.exists(os.path.join(model_dir, "ckpt-10_temp"))
+    assert os.listdir(os.path.join(model_dir, "saved_model")) == ["6"]
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_older_one(base_run, tmp_path):
+    model_dir, _ = _copy_run(base_run, tmp_path)
+    data = os.path.join(model_dir, "ckpt-4.data-00000-of-00001")
+    os.truncate(data, os.path.getsize(data) // 2)
+    exported = _export("--model_dir", model_dir, "--export_dir", str(tmp_path / "export"))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "Exported step 2" in exported.stdout and "truncated" in exported.stdout
+    done = _run(_train_command(model_dir, steps=6))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Skipping the checkpoint {os.path.join(model_dir, 'ckpt-4')}" in done.stdout
+    assert f"Resuming from {os.path.join(model_dir, 'ckpt-2')} at step 2." in done.stdout
+    assert "Traceback" not in done.stderr
+    assert _latest_step(model_dir) == 6
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 150 MB file system: room for one checkpoint of the tiny ResNet-18 (88 MB), not two."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield str(mount_point)
+    finally:
+        subprocess.run(["umount", str(mount_point)])
+
+
+def test_disk_full_while_saving_a_checkpoint_is_one_message_and_leaves_nothing(small_disk):
+    model_dir = os.path.join(small_disk, "run")
+    command = _train_command(model_dir, "--checkpoint_steps=1", steps=4)
+    done = _run(command)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "error: No space left on device while saving the checkpoint of step 2" in done.stderr
+    assert f"{os.path.join(model_dir, 'ckpt-1')} is kept" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(n for n in os.listdir(model_dir) if n.startswith("ckpt")) == [
+        "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+    again = _run(command)  # the disk is still full: the same message, not a permissions one
+    assert again.returncode == 1
+    assert "No space left on device" in again.stderr and "permission" not in again.stderr
+    assert "Resuming from" in again.stdout
+
+
+def test_disk_full_while_exporting_leaves_no_partial_export(base_run, small_disk):
+    filler = os.path.join(small_disk, "filler")
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (140 * 2**20))  # 10 MB left, an export needs 89
+    export_dir = os.path.join(small_disk, "exports")
+    done = _export("--model_dir", base_run, "--export_dir", export_dir)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "error: No space left on the device" in done.stderr and "Traceback" not in done.stderr
+    assert os.listdir(export_dir) == []

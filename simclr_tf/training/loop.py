@@ -16,7 +16,13 @@ from simclr_tf import checkpoints, export
 from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
 from simclr_tf.training import inputs, linear_eval, phases
-from simclr_tf.training.run_dir import check_resumable, model_dir_lock, prepare_model_dir, write_result
+from simclr_tf.training.run_dir import (
+    check_resumable,
+    clean_leftovers,
+    model_dir_lock,
+    prepare_model_dir,
+    write_result,
+)
 
 
 def train(config: Config, strategy=None) -> dict:
@@ -47,6 +53,8 @@ def train(config: Config, strategy=None) -> dict:
     # One writer per model_dir: the chief holds the lock (other workers write only scratch files).
     lock = model_dir_lock(train_config.model_dir) if is_chief(strategy) else contextlib.nullcontext()
     with lock:
+        if is_chief(strategy):
+            clean_leftovers(train_config.model_dir)
         return _locked(config, strategy)
 
 

@@ -1,13 +1,15 @@
-"""One run's directory: checked writable before any work, one writer at a time (a lock), results
-written atomically."""
+"""One run's directory: checked writable before any work, one writer at a time (a lock), the leftovers
+of an interrupted save removed, results written atomically."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -39,7 +41,7 @@ def prepare_model_dir(model_dir: str) -> None:
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise OSError(
-                errno.ENOSPC, f"No space left on the device of `model_dir` {model_dir!r}. Free some "
+                f"No space left on the device of `model_dir` {model_dir!r}. Free some "
                 "space (old checkpoints, exports) or choose another --model_dir."
             ) from None
         raise PermissionError(
@@ -62,6 +64,34 @@ def write_result(model_dir: str, values: dict) -> str:
     path = os.path.join(model_dir, RESULT_FILE)
     write_json(path, values)
     return path
+
+
+# What an interrupted save leaves (TensorFlow's sharded-save folder and temporary files, our
+# temporary JSON and export folders). Removed only while holding the model_dir's lock.
+_LEFTOVERS = ("ckpt-*_temp", "ckpt-*.tempstate*", "checkpoint.tmp*", "*.json.tmp-*",
+              os.path.join("saved_model", ".tmp-*"))
+
+
+def clean_leftovers(model_dir: str) -> list[str]:
+    """Removes the temporary files of an interrupted save or export; says so; returns them."""
+    found = sorted({p for pattern in _LEFTOVERS
+                    for p in glob.glob(os.path.join(glob.escape(model_dir), pattern))})
+    size = 0
+    for path in found:
+        walked = os.walk(path) if os.path.isdir(path) else [(os.path.dirname(path), [], [os.path.basename(path)])]
+        size += sum(os.path.getsize(os.path.join(root, f)) for root, _, files in walked for f in files)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+    if found:
+        names = ", ".join(os.path.relpath(p, model_dir) for p in found[:5])
+        print(f"Removed {size / 2**20:.1f} MB left in {model_dir} by an interrupted save: {names}"
+              + (" ..." if len(found) > 5 else "") + ".", flush=True)
+    return found
 
 
 # The flags that shape a checkpoint's variables: a run with other values cannot resume from it.
