@@ -301,3 +301,57 @@ def test_disk_full_while_exporting_leaves_no_partial_export(base_run, small_disk
     assert done.returncode == 1, done.stderr[-3000:]
     assert "error: No space left on the device" in done.stderr and "Traceback" not in done.stderr
     assert os.listdir(export_dir) == []
+
+
+# --- 6. results belong to the weights they report on; a resume keeps the run's flags -----------
+
+def test_resume_with_another_image_size_or_batch_size_stops_and_names_them(base_run, tmp_path):
+    model_dir, config_bytes = _copy_run(base_run, tmp_path)
+    command = [c for c in _train_command(model_dir, steps=6) if not c.startswith(("--image_size",
+                                                                                    "--train_batch"))]
+    done = _run(command + ["--image_size=24", "--train_batch_size=8"])
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "--image_size is 16 there and 24 now" in done.stderr
+    assert "--train_batch_size is 16 there and 8 now" in done.stderr
+    assert "Traceback" not in done.stderr
+    with open(os.path.join(model_dir, "config.json"), "rb") as f:
+        assert f.read() == config_bytes
+
+
+def test_new_checkpoint_flag_on_a_run_with_checkpoints_is_not_ignored_silently(base_run, tmp_path):
+    model_dir, _ = _copy_run(base_run, tmp_path)
+    done = _run(_train_command(model_dir, f"--checkpoint={base_run}", steps=6))
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"--checkpoint={base_run} would be ignored" in done.stderr
+    assert "Drop --checkpoint to resume" in done.stderr and "Traceback" not in done.stderr
+    assert _latest_step(model_dir) == 4
+
+
+def _encoder_moving_means(prefix):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    names = sorted(n for n in reader.get_variable_to_shape_map()
+                   if n.startswith("model/encoder/") and "moving_mean" in n)
+    assert names
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_more_steps_on_a_finished_run_evaluates_the_new_encoder(tmp_path):
+    import numpy as np
+
+    model_dir = str(tmp_path / "run")
+    sgd = ["--mode=train_then_eval", "--linear_eval_epochs=1", "--linear_eval_protocol=sgd"]
+    first = _run(_train_command(model_dir, *sgd, steps=2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _run(_train_command(model_dir, *sgd, steps=4))
+    assert again.returncode == 0, again.stderr[-3000:]
+    import tensorflow as tf
+
+    # Compared first: the linear head's checkpoint must hold the encoder it reports on.
+    pretrained = _encoder_moving_means(os.path.join(model_dir, "ckpt-4"))
+    evaluated = _encoder_moving_means(tf.train.latest_checkpoint(os.path.join(model_dir, "linear_eval")))
+    assert pretrained.keys() == evaluated.keys()
+    for name, value in pretrained.items():
+        np.testing.assert_array_equal(evaluated[name], value, err_msg=name)
+    assert "The encoder changed since the last linear evaluation (step 2 -> 4)" in again.stdout

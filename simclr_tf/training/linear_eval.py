@@ -9,20 +9,26 @@
   its own batch size (`linear_eval_batch_size`), from the run's checkpoint, into
   `<model_dir>/linear_eval`.
 
-Both write `<model_dir>/linear_eval/result.json` and return numbers named `linear_eval`.
+Both write `<model_dir>/linear_eval/result.json` and return numbers named `linear_eval`. The `sgd`
+head is trained again when the encoder changed since (a finished run resumed with more steps):
+`linear_eval/encoder.json` says which encoder its checkpoints belong to.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
 import os
 import time
 
-from simclr_tf import evaluation
+from simclr_tf import checkpoints, evaluation
 from simclr_tf.config import Config, save_config
-from simclr_tf.distribute import is_chief
+from simclr_tf.distribute import is_chief, wait_for_all_workers
 from simclr_tf.training import inputs, phases, pictures
-from simclr_tf.training.run_dir import prepare_model_dir, write_result
+from simclr_tf.training.run_dir import prepare_model_dir, write_json, write_result
+
+ENCODER_FILE = "encoder.json"  # which encoder the linear head in `<model_dir>/linear_eval` is for
 
 PROTOCOL_NAMES = {
     "logistic": "logistic regression on frozen features (appendix B.8)",
@@ -81,7 +87,7 @@ def linear_evaluation(config: Config, strategy, model) -> dict:
     if protocol == "logistic":
         numbers = _logistic(config, splits, model)
     else:
-        numbers = _sgd(config, strategy, splits)
+        numbers = _sgd(config, strategy, splits, model)
     numbers["linear_eval_seconds"] = round(time.time() - started, 1)
     if is_chief(strategy):
         write_result(out_dir, numbers)
@@ -120,10 +126,12 @@ def _logistic(config: Config, splits: inputs.DataSplits, model) -> dict:
     }
 
 
-def _sgd(config: Config, strategy, splits: inputs.DataSplits) -> dict:
+def _sgd(config: Config, strategy, splits: inputs.DataSplits, model) -> dict:
     le_config = linear_eval_config(config, num_labelled=splits.labelled_train.num_examples)
     if is_chief(strategy):
+        _start_over_if_encoder_changed(le_config.train.model_dir, model)
         save_config(le_config, le_config.train.model_dir)
+    wait_for_all_workers(strategy)  # no worker resumes a linear head of another encoder
     fitted = phases.fit(le_config, strategy)
     evaluated = phases.evaluate(le_config, strategy, fitted["model"])
     numbers = {"linear_eval_protocol": "sgd",
@@ -135,3 +143,26 @@ def _sgd(config: Config, strategy, splits: inputs.DataSplits) -> dict:
             linear_eval_examples=evaluated["eval_examples"],
         )
     return numbers
+
+
+def _start_over_if_encoder_changed(out_dir: str, model) -> None:
+    """A linear head belongs to the encoder it was trained on: when the run's encoder changed (more
+    pretraining steps), the linear head's checkpoints are removed and a new head is trained, so the
+    numbers reported are always the current encoder's."""
+    current = {"encoder_step": int(model.optimizer.iterations.numpy()),
+               "encoder_sha256": checkpoints.weights_fingerprint(model.encoder)}
+    path = os.path.join(out_dir, ENCODER_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get("encoder_sha256") != current["encoder_sha256"] and checkpoints.latest_checkpoint(out_dir):
+        print(f"The encoder changed since the last linear evaluation (step "
+              f"{previous.get('encoder_step', '?')} -> {current['encoder_step']}): training a new "
+              "linear head.", flush=True)
+        stale = glob.glob(os.path.join(glob.escape(out_dir), "ckpt-*")) + [os.path.join(out_dir, "checkpoint")]
+        for stale_file in stale:
+            if os.path.isfile(stale_file):
+                os.remove(stale_file)
+    write_json(path, current)

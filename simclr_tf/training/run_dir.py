@@ -100,6 +100,9 @@ _WEIGHT_FLAGS = {
               "proj_head_mode", "proj_out_dim", "num_proj_layers", "num_classes"),
     "optimizer": ("optimizer",),
 }
+# The flags a resumed run must keep: with others the data order, the augmentation and the
+# schedule would change mid-run without a word.
+_RESUME_FLAGS = {"data": ("image_size",), "train": ("train_batch_size",)}
 # The flags that decide the supervised head's classes.
 _CLASS_FLAGS = {
     "data": ("dataset", "image_dir", "data_dir", "train_split"),
@@ -143,6 +146,19 @@ def check_resumable(config, model_dir: str, num_classes=None) -> None:
                 f"`model_dir` {model_dir!r} holds checkpoints of another model: "
                 f"{'; '.join(differ)}. They cannot be resumed with these flags, and nothing was "
                 f"written. {what_to_do}"
+            )
+        differ = _differences(old, config, _RESUME_FLAGS)
+        if differ:
+            raise ConfigError(
+                f"`model_dir` {model_dir!r} holds a run to resume, and {'; '.join(differ)}: the "
+                f"rest of the run would differ from its start. Nothing was written. {what_to_do}"
+            )
+        if config.train.checkpoint and config.train.checkpoint != old.train.checkpoint:
+            raise ConfigError(
+                f"--checkpoint={config.train.checkpoint} would be ignored: `model_dir` {model_dir!r} "
+                f"already holds checkpoints (the newest: {latest}), and a run resumes from its own. "
+                "Drop --checkpoint to resume, or pass another --model_dir to start from "
+                f"{config.train.checkpoint}. Nothing was written."
             )
     if num_classes is None:
         return
