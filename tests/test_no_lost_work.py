@@ -355,3 +355,52 @@ def test_more_steps_on_a_finished_run_evaluates_the_new_encoder(tmp_path):
     for name, value in pretrained.items():
         np.testing.assert_array_equal(evaluated[name], value, err_msg=name)
     assert "The encoder changed since the last linear evaluation (step 2 -> 4)" in again.stdout
+
+
+# --- 7. an evaluation folder with some of the training classes is labelled by name -------------
+
+def _class_folders(root, names, count=8):
+    from PIL import Image
+
+    colours = {"apples": (220, 30, 30), "grass": (30, 200, 30), "sky": (30, 30, 220), "zebra": (128,) * 3}
+    for name in names:
+        os.makedirs(os.path.join(root, name))
+        for i in range(count):
+            pixels = __import__("numpy").full((16, 16, 3), colours[name], "uint8")
+            pixels[i % 16, :, :] = 255 - pixels[i % 16, :, :]
+            Image.fromarray(pixels).save(os.path.join(root, name, f"{i}.png"))
+
+
+def test_eval_folder_with_fewer_classes_takes_the_training_label_indices(tmp_path):
+    import dataclasses
+
+    from simclr_tf.config import Config, DataConfig
+    from simclr_tf.training import inputs
+
+    _class_folders(str(tmp_path / "train"), ["apples", "grass", "sky"])
+    _class_folders(str(tmp_path / "eval"), ["grass", "sky"])
+    config = dataclasses.replace(Config(), data=DataConfig(
+        dataset="folder", image_dir=str(tmp_path / "train"), eval_image_dir=str(tmp_path / "eval"),
+        image_size=16)).resolved()
+    splits = inputs.data_splits(config)
+    assert splits.num_classes == 3
+    assert sorted(set(splits.eval.labels.tolist())) == [1, 2]  # grass and sky, as in training
+    assert splits.eval.class_names == ("apples", "grass", "sky")
+
+
+def test_eval_mode_on_a_folder_with_fewer_or_unknown_classes(tmp_path):
+    _class_folders(str(tmp_path / "train"), ["apples", "grass", "sky"])
+    _class_folders(str(tmp_path / "eval"), ["grass", "sky"])
+    _class_folders(str(tmp_path / "eval_unknown"), ["grass", "zebra"])
+    model_dir = str(tmp_path / "run")
+    folder = [c for c in _train_command(model_dir, steps=2) if c != "--dataset=synthetic"]
+    folder += ["--dataset=folder", f"--image_dir={tmp_path / 'train'}"]
+    trained = _run(folder + [f"--eval_image_dir={tmp_path / 'eval'}"])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    evaluated = _run(folder + ["--mode=eval", f"--eval_image_dir={tmp_path / 'eval'}"])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "(16 held-out images)" in evaluated.stdout
+    unknown = _run(folder + ["--mode=eval", f"--eval_image_dir={tmp_path / 'eval_unknown'}"])
+    assert unknown.returncode == 1
+    assert "['zebra']" in unknown.stderr and "not classes of the training images" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

@@ -52,6 +52,7 @@ class Source:
         labels: all labels in dataset order, when known without reading the data (built-in and
             folder sources). `None` otherwise; `source_labels` reads them.
         stats: what an image-folder source found and skipped; `None` for other sources.
+        class_names: the class of each label index, where the source names them (image folders).
     """
 
     dataset: tf.data.Dataset
@@ -61,6 +62,7 @@ class Source:
     name: str
     labels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     stats: FolderStats | None = dataclasses.field(default=None, compare=False)
+    class_names: tuple[str, ...] = dataclasses.field(default=(), compare=False)
     # Builds the dataset of the examples at the given (sorted) indices without reading the others.
     _select: Callable[[np.ndarray], tf.data.Dataset] | None = dataclasses.field(
         default=None, repr=False, compare=False)

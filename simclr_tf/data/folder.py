@@ -197,7 +197,7 @@ def _folder_dataset(
 
 
 def load_image_folder(
-    image_dir: str, *, image_size: int | None = None, max_pixels: int = MAX_PIXELS
+    image_dir: str, *, image_size: int | None = None, max_pixels: int = MAX_PIXELS, class_names=None
 ) -> Source:
     """Your own images as a source.
 
@@ -219,6 +219,10 @@ def load_image_folder(
         image_size: int or None. Downscale images so their shorter side is `image_size` (see
             `read_image`); `None` keeps the native size.
         max_pixels: int. Images above this are decoded at reduced size (JPEG) or skipped.
+        class_names: sequence of str or None. The classes of another folder (the training images'),
+            whose label indices this folder's class sub-folders take by name (an evaluation folder
+            may hold only some of them, even one); a sub-folder of another name is an error.
+            `None`: this folder's own sub-folders, in sorted order.
 
     Returns:
         The `Source` (`image_size` None: images vary in size).
@@ -253,8 +257,17 @@ def load_image_folder(
     # sub-folders when there are at least two; images outside them (at the top) are unlabelled (-1)
     # and serve pretraining only.
     candidates = images
-    class_names = sorted({os.path.relpath(f, root).split(os.sep)[0] for f in images
-                          if os.path.dirname(f) != root})
+    found = sorted({os.path.relpath(f, root).split(os.sep)[0] for f in images
+                    if os.path.dirname(f) != root})
+    if class_names:  # another folder's classes (the training images'): labels by name
+        unknown = [name for name in found if name not in class_names]
+        if unknown:
+            raise ValueError(
+                f"The class folder(s) {unknown} of {root!r} are not classes of the training images "
+                f"({list(class_names)}), so the model has no label for them. Rename them to a "
+                "training class, or remove them from the evaluation folder."
+            )
+    class_names = list(class_names) if class_names else found
     if len(class_names) >= 2:
         class_index = {name: i for i, name in enumerate(class_names)}
         labels = [class_index.get(os.path.relpath(f, root).split(os.sep)[0], -1)
@@ -311,6 +324,7 @@ def load_image_folder(
         name=f"folder:{root}",
         labels=label_array,
         stats=stats,
+        class_names=tuple(class_names),
         _select=select,
     )
 

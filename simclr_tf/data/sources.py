@@ -79,6 +79,7 @@ def load_source(
     synthetic_examples: int = 1024,
     image_size: int | None = None,
     seed: int = 0,
+    class_names=None,
 ) -> Source:
     """Loads one split of a data set as a `Source`.
 
@@ -97,6 +98,8 @@ def load_source(
             of a cache; the pipeline crops and resizes afterwards). TFDS and digits images keep their
             native size.
         seed: int. Seed of the synthetic images. Splits of the other sources do not depend on it.
+        class_names: sequence of str or None. For folders: the training folder's classes, which
+            label this one by name (see `load_image_folder`).
 
     Returns:
         The `Source`.
@@ -126,7 +129,7 @@ def load_source(
                 "`dataset='folder'` needs `image_dir`: the root folder of your images (one sub-folder per "
                 "class, or images at the top level). Pass e.g. --image_dir=/data/my_images."
             )
-        return load_image_folder(image_dir, image_size=image_size)
+        return load_image_folder(image_dir, image_size=image_size, class_names=class_names)
     return load_tfds(dataset, split, data_dir=data_dir, download=download)
 
 

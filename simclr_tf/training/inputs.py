@@ -57,18 +57,20 @@ def data_splits(config: Config) -> DataSplits:
 
 @functools.lru_cache(maxsize=4)
 def _data_splits(data: DataConfig, image_size: int, seed: int) -> DataSplits:
-    def load(split, image_dir=None):
+    def load(split, image_dir=None, class_names=None):
         return sources.load_source(
             data.dataset, split, data_dir=data.data_dir, download=data.download,
             image_dir=image_dir or data.image_dir, synthetic_examples=data.synthetic_examples,
-            image_size=image_size, seed=seed,
+            image_size=image_size, seed=seed, class_names=class_names,
         )
 
     train = load(data.train_split)
     evaluation, eval_name = None, ""
     if data.dataset == "folder":
         if data.eval_image_dir:
-            evaluation, eval_name = load("test", data.eval_image_dir), f"folder:{data.eval_image_dir}"
+            # Labelled by the training classes' names: the model's label indices are theirs.
+            evaluation = load("test", data.eval_image_dir, class_names=train.class_names or None)
+            eval_name = f"folder:{data.eval_image_dir}"
     else:
         try:
             evaluation, eval_name = load(data.eval_split), f"{data.dataset}:{data.eval_split}"
