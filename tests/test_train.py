@@ -115,5 +115,6 @@ def test_linear_evaluation_after_pretraining(tmp_path):
     config = _tiny_config(str(tmp_path / "run"), linear_eval_epochs=1)
     results = train(config)
     assert os.path.exists(os.path.join(results["linear_eval_dir"], "result.json"))
-    assert results["eval_protocol"].startswith("linear evaluation")
+    assert results["eval_protocol"] == "linear_eval" and results["linear_eval_protocol"] == "logistic"
     assert "online_eval_top1" in results
+    assert [a["protocol"] for a in results["accuracies"]] == ["online_linear_head", "linear_eval"]

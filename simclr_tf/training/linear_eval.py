@@ -89,6 +89,7 @@ def linear_evaluation(config: Config, strategy, model) -> dict:
     else:
         numbers = _sgd(config, strategy, splits, model)
     numbers["linear_eval_seconds"] = round(time.time() - started, 1)
+    numbers["linear_eval_dir"] = out_dir
     if is_chief(strategy):
         write_result(out_dir, numbers)
         numbers.update(_pictures(config, splits, model))
