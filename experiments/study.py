@@ -105,7 +105,8 @@ def cell_settings(point: dict) -> dict:
     """The config settings of one cell: `first` / `second` become the Figure 5 view pair."""
     settings = {k: v for k, v in point.items() if k not in ("first", "second")}
     if "first" in point:
-        transforms = [point["first"]] if point["first"] == point["second"] else [point["first"], point["second"]]
+        first, second = point["first"], point["second"]
+        transforms = [first] if first == second else [first, second]
         settings["view_a"] = "crop"
         settings["view_b"] = ",".join(["crop"] + [t for t in transforms if t != "crop"])
     return settings
@@ -186,7 +187,7 @@ def draw_picture(rows: list[dict], axes: list, path: str, title: str) -> str:
 
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width_of = lambda text: int(probe.textlength(text, font=font)) + 1  # noqa: E731
+    width_of = lambda text: int(probe.textlength(text, font=font)) + 1
     values = [r["linear_eval_top1"] for r in rows if r["linear_eval_top1"] is not None]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     pad, line = 10, 14
@@ -202,8 +203,8 @@ def draw_picture(rows: list[dict], axes: list, path: str, title: str) -> str:
             draw.text((pad, top), str(row[name]), fill="black", font=font)
             if row["linear_eval_top1"] is not None:
                 length = int(bar * row["linear_eval_top1"])
-                draw.rectangle((left, top, left + length, top + line), fill=_color(row["linear_eval_top1"], low, high),
-                               outline="black")
+                colour = _color(row["linear_eval_top1"], low, high)
+                draw.rectangle((left, top, left + length, top + line), fill=colour, outline="black")
                 draw.text((left + length + 4, top), f"{row['linear_eval_top1']:.1%}", fill="black", font=font)
     else:
         *row_axes, (col_name, col_values) = axes
@@ -213,7 +214,8 @@ def draw_picture(rows: list[dict], axes: list, path: str, title: str) -> str:
         cell = max(64, max(map(width_of, col_labels)) + pad)
         left = max(map(width_of, row_labels + [" / ".join(n for n, _ in row_axes)])) + 2 * pad
         top0 = 3 * line + pad
-        image = Image.new("RGB", (left + cell * len(col_values) + pad, top0 + 28 * len(row_keys) + pad), "white")
+        size = (left + cell * len(col_values) + pad, top0 + 28 * len(row_keys) + pad)
+        image = Image.new("RGB", size, "white")
         draw = ImageDraw.Draw(image)
         draw.text((pad, pad), f"{title}: linear-eval top-1", fill="black", font=font)
         draw.text((pad, pad + 2 * line), " / ".join(n for n, _ in row_axes), fill="gray", font=font)

@@ -38,7 +38,8 @@ def tiny_pair(seed: int):
         optimizer_name="momentum", weight_decay=1e-3,
     )
     teacher = SimCLRModel(
-        encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same"), keras.layers.BatchNormalization(),
+        encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same"),
+                                  keras.layers.BatchNormalization(),
                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D()]),
         num_proj_layers=2, proj_out_dim=4, num_classes=CLASSES, train_mode="finetune", global_bn=False,
     )

@@ -52,7 +52,8 @@ def _tiny_pair(seed=0, student_encoder=None):
         num_proj_layers=2, proj_out_dim=4, num_classes=CLASSES, train_mode="finetune", global_bn=False,
     )
     teacher = SimCLRModel(
-        encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same"), keras.layers.BatchNormalization(),
+        encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same"),
+                                  keras.layers.BatchNormalization(),
                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D()]),
         num_proj_layers=2, proj_out_dim=4, num_classes=CLASSES, train_mode="finetune", global_bn=False,
     )
@@ -199,8 +200,8 @@ def _tiny_config(model_dir, **train):
         config,
         data=dataclasses.replace(DataConfig(), dataset="digits", image_size=16),
         model=dataclasses.replace(config.model, resnet_depth=18, num_proj_layers=2),
-        train=dataclasses.replace(TrainConfig(), model_dir=model_dir, train_batch_size=64, eval_batch_size=128,
-                                  train_steps=3, checkpoint_steps=3, **train),
+        train=dataclasses.replace(TrainConfig(), model_dir=model_dir, train_batch_size=64,
+                                  eval_batch_size=128, train_steps=3, checkpoint_steps=3, **train),
     )
 
 

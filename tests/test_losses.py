@@ -297,7 +297,8 @@ def test_contrastive_loss_dispatches_and_nt_xent_is_unchanged():
         got = contrastive_loss(name, z_1, z_2, temperature=0.2, margin=0.3)
         for a, b in zip(got, expected, strict=True):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
-    with pytest.raises(ValueError, match=r"`contrastive_loss` must be one of 'nt_xent'.*Received: contrastive_loss='xent'"):
+    with pytest.raises(ValueError, match=r"`contrastive_loss` must be one of 'nt_xent'.*"
+                                         r"Received: contrastive_loss='xent'"):
         contrastive_loss("xent", z_1, z_2)
     with pytest.raises(ValueError, match=r"`margin` must be a number >= 0.*Received: margin=-1"):
         margin_triplet(z_1, z_2, margin=-1)

@@ -42,7 +42,8 @@ def test_resolve_fills_parameters_from_the_augment_config():
     "spec, match",
     [
         ("crop,rotat", r"`view_b`: unknown transformation 'rotat'. Use names of crop, flip"),
-        ("noise(sigma=0.1)", r"`view_b`: `noise` takes the parameters std, p as key=value. Received: 'sigma=0.1'"),
+        ("noise(sigma=0.1)",
+         r"`view_b`: `noise` takes the parameters std, p as key=value. Received: 'sigma=0.1'"),
         ("noise(std=big)", r"parameter `std` of `noise` must be a number"),
         ("noise(std=-1)", r"`view_b`: noise\(std\)` must be a number >= 0"),
         ("cutout(low=0.5,high=0.2)", r"cutout needs low <= high"),
@@ -57,7 +58,8 @@ def test_bad_policies_name_the_flag_and_the_fix(spec, match):
 
 def test_config_validation_checks_the_names():
     Config(augment=AugmentConfig(view_a="crop", view_b="crop,noise(std=0.2),rotate")).validate()
-    with pytest.raises(ConfigError, match=r"`view_b` must be a named policy \(default, identity\).*'crop,spin'"):
+    with pytest.raises(ConfigError,
+                       match=r"`view_b` must be a named policy \(default, identity\).*'crop,spin'"):
         Config(augment=AugmentConfig(view_b="crop,spin")).validate()
 
 
@@ -74,7 +76,8 @@ def _two(spec_a, spec_b, image, seed, image_size=12, **fields):
 def test_default_is_its_spelled_out_form_bit_for_bit(image_size, fields):
     image = _image(48, 40, seed=1)
     augment = AugmentConfig(**fields).for_image_size(image_size)
-    spelled = "crop," + ("flip," if augment.random_flip else "") + "color" + (",blur" if augment.use_blur else "")
+    spelled = ("crop," + ("flip," if augment.random_flip else "") + "color"
+               + (",blur" if augment.use_blur else ""))
     seed = _seed(7)
     default = _two("default", "default", image, seed, image_size, **fields)
     explicit = _two(spelled, spelled, image, seed, image_size, **fields)
@@ -104,7 +107,7 @@ def test_a_policy_equals_the_single_ops_one_after_another():
     spec = "crop(area=0.3),color(strength=1),cutout(low=0.2,high=0.4),flip,noise(std=0.05),sobel(p=0.5)"
     view = views.augment_view(image, seed, image_size=12, policy=spec)
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    fold = lambda k: tf.random.experimental.stateless_fold_in(seed, 1000 + k)  # noqa: E731
+    fold = lambda k: tf.random.experimental.stateless_fold_in(seed, 1000 + k)
     expected = ops.random_resized_crop(image, seeds[0], output_size=12, area_range=(0.3, 1.0))
     expected = color.random_color_jitter(expected, seeds[2], strength=1.0)
     expected = transforms.random_cutout(expected, fold(2), side_range=(0.2, 0.4))

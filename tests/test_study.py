@@ -39,7 +39,8 @@ def test_pairs_are_the_figure_5_views():
     assert study.cell_settings({"first": "crop", "second": "crop"})["view_b"] == "crop"
     config = study.make_config({**study.QUICK, **study.cell_settings({"first": "crop", "second": "blur"}),
                                 "temperature": 0.2}, "/tmp/cell")
-    assert (config.augment.view_b, config.loss.temperature, config.train.model_dir) == ("crop,blur", 0.2, "/tmp/cell")
+    got = (config.augment.view_b, config.loss.temperature, config.train.model_dir)
+    assert got == ("crop,blur", 0.2, "/tmp/cell")
     config.resolved().validate()
 
 
@@ -59,7 +60,7 @@ def test_table_and_picture(tmp_path, axes):
     import itertools
 
     names = [n for n, _ in axes]
-    rows = [{**dict(zip(names, combo)), "linear_eval_top1": 0.5 + 0.1 * i if i != 1 else None,
+    rows = [{**dict(zip(names, combo, strict=True)), "linear_eval_top1": 0.5 + 0.1 * i if i != 1 else None,
              "train_seconds": 3.0, "model_dir": f"d{i}"}
             for i, combo in enumerate(itertools.product(*[v for _, v in axes]))]
     csv_path, md_path = study.write_table(rows, axes, str(tmp_path))

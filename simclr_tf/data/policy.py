@@ -154,8 +154,8 @@ def resolve_policy(spec: str, augment: AugmentConfig, flag: str = "view_a") -> t
     """
     transforms = parse_policy(spec, flag)
     if isinstance(spec, str) and spec.strip() == "default":
-        transforms = tuple((name, params) for name, params in transforms
-                           if (name != "flip" or augment.random_flip) and (name != "blur" or augment.use_blur))
+        wanted = lambda name: (name != "flip" or augment.random_flip) and (name != "blur" or augment.use_blur)
+        transforms = tuple((name, params) for name, params in transforms if wanted(name))
     fields = {"area": augment.crop_min_area, "strength": augment.color_jitter_strength}
     resolved = []
     for name, given in transforms:

@@ -162,7 +162,8 @@ def _start_over_if_encoder_changed(out_dir: str, model) -> None:
         print(f"The encoder changed since the last linear evaluation (step "
               f"{previous.get('encoder_step', '?')} -> {current['encoder_step']}): training a new "
               "linear head.", flush=True)
-        stale = glob.glob(os.path.join(glob.escape(out_dir), "ckpt-*")) + [os.path.join(out_dir, "checkpoint")]
+        stale = glob.glob(os.path.join(glob.escape(out_dir), "ckpt-*"))
+        stale.append(os.path.join(out_dir, "checkpoint"))
         for stale_file in stale:
             if os.path.isfile(stale_file):
                 os.remove(stale_file)

@@ -78,7 +78,10 @@ def clean_leftovers(model_dir: str) -> list[str]:
                     for p in glob.glob(os.path.join(glob.escape(model_dir), pattern))})
     size = 0
     for path in found:
-        walked = os.walk(path) if os.path.isdir(path) else [(os.path.dirname(path), [], [os.path.basename(path)])]
+        if os.path.isdir(path):
+            walked = os.walk(path)
+        else:
+            walked = [(os.path.dirname(path), [], [os.path.basename(path)])]
         size += sum(os.path.getsize(os.path.join(root, f)) for root, _, files in walked for f in files)
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
