@@ -43,6 +43,7 @@ KNOWN_DATASETS = {
 }
 
 SMALL_IMAGE_SIZE = 32  # at or below this the CIFAR recipe applies (paper, appendix B.9)
+MAX_IMAGE_SIZE = 2048  # a larger square image no longer fits a training batch in memory
 
 # Augmentation defaults of particular data sets, where the generic ones would hurt: a mirrored
 # digit is another symbol, and an 8x8 scan cropped to 8% of its area keeps no digit. `AugmentConfig`
@@ -480,10 +481,12 @@ class TrainConfig:
             "Training needs `train_epochs > 0` or `train_steps > 0`.",
         )
         _check(bool(self.model_dir), "`model_dir` must be a directory path.")
+        _positive("linear_eval_learning_rate", self.linear_eval_learning_rate)
         _check(
-            self.linear_eval_learning_rate > 0,
-            "`linear_eval_learning_rate` must be positive. Received: "
-            f"{self.linear_eval_learning_rate!r}.",
+            self.train_steps == 0 or self.steps_per_execution <= self.train_steps,
+            f"`steps_per_execution` ({self.steps_per_execution}) is more than the run's `train_steps` "
+            f"({self.train_steps}): Keras would run {self.steps_per_execution} steps. Use at most "
+            f"{self.train_steps}.",
         )
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("linear_eval_protocol", self.linear_eval_protocol, LINEAR_EVAL_PROTOCOLS)
@@ -537,7 +540,28 @@ class Config:
                 "`fine_tune_after_block` only applies with `train_mode=finetune`. "
                 f"Received train_mode={self.train.train_mode!r}.",
             )
+        _check(
+            self.model.ft_proj_selector <= {"none": 0, "linear": 1}.get(self.model.proj_head_mode,
+                                                                       self.model.num_proj_layers),
+            f"`ft_proj_selector` ({self.model.ft_proj_selector}) points past the projection head: "
+            f"`proj_head_mode={self.model.proj_head_mode}` has "
+            f"{ {'none': 0, 'linear': 1}.get(self.model.proj_head_mode, self.model.num_proj_layers)} "
+            "layer(s). Use a smaller --ft_proj_selector (0 is the encoder output).",
+        )
+        _check(
+            self.train.train_steps > 0 or self.train.mode == "eval"
+            or self.optimizer.warmup_epochs <= self.train.train_epochs,
+            f"`warmup_epochs` ({self.optimizer.warmup_epochs}) is longer than the run "
+            f"(`train_epochs`={self.train.train_epochs}): the learning rate would never reach its peak. "
+            "Use fewer warm-up epochs or more training epochs.",
+        )
         image_size = self.image_size
+        _check(
+            image_size <= MAX_IMAGE_SIZE,
+            f"`image_size` ({image_size}) is larger than {MAX_IMAGE_SIZE} px, more than a training step "
+            "can hold in memory. SimCLR trains at 224 px (ImageNet) or 32 px (CIFAR): pass a smaller "
+            "--image_size.",
+        )
         min_size = 8 if self.uses_cifar_stem else 32
         _check(
             image_size >= min_size,

@@ -173,6 +173,11 @@ def config_from_flags(flag_values) -> Config:
         sections.setdefault(section, {})[field] = flag_values[name].value
     if flag_values.use_tpu:
         sections["runtime"]["strategy"] = "tpu"
+    for section, field in (("data", "data_dir"), ("data", "image_dir"), ("data", "eval_image_dir"),
+                           ("train", "model_dir"), ("train", "checkpoint")):
+        value = sections[section].get(field)
+        if isinstance(value, str) and value.startswith("~"):
+            sections[section][field] = os.path.expanduser(value)  # a flag's value reaches no shell
     if (flag_values["image_dir"].value or flag_values["eval_image_dir"].value) \
             and not flag_values["dataset"].present:
         sections["data"]["dataset"] = "folder"  # --image_dir alone means your folder

@@ -44,6 +44,15 @@ def test_defaults_validate():
         (Config(train=TrainConfig(fine_tune_after_block=2)), r"only applies with `train_mode=finetune`"),
         (Config(model=ModelConfig(ft_proj_selector=5, num_proj_layers=3)), r"`ft_proj_selector`"),
         (Config(augment=AugmentConfig(color_jitter_impl="v3")), r"`color_jitter_impl`"),
+        (Config(train=TrainConfig(linear_eval_learning_rate=float("inf"))),
+         r"`linear_eval_learning_rate` must be positive. Received: inf"),
+        (Config(train=TrainConfig(train_steps=4, steps_per_execution=10)),
+         r"`steps_per_execution` \(10\) is more than the run's `train_steps` \(4\)"),
+        (Config(model=ModelConfig(proj_head_mode="none", ft_proj_selector=2)),
+         r"`ft_proj_selector` \(2\) points past the projection head: `proj_head_mode=none` has 0"),
+        (Config(optimizer=OptimizerConfig(warmup_epochs=30.0), train=TrainConfig(train_epochs=20)),
+         r"`warmup_epochs` \(30.0\) is longer than the run"),
+        (Config(data=DataConfig(image_size=100000)), r"`image_size` \(100000\) is larger than 2048 px"),
     ],
 )
 def test_invalid_values_say_what_to_fix(config, match):
@@ -135,3 +144,19 @@ def test_vocabularies_and_shared_constants_are_defined_once():
     assert {name: len(where) for name, where in definitions.items() if len(where) > 1} == {}
     assert set(definitions) == set(VOCABULARIES)
     assert helpers == {}, f"use simclr_tf.validation instead of local copies: {helpers}"
+
+
+def test_cli_expands_a_home_directory_in_paths(monkeypatch, tmp_path):
+    from absl import flags
+
+    from simclr_tf import run
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    values = flags.FLAGS
+    try:
+        values(["prog", "--model_dir=~/runs/x", "--image_dir=~/pictures"])
+        config = run.config_from_flags(values)
+    finally:
+        values.unparse_flags()
+    assert config.train.model_dir == str(tmp_path / "runs" / "x")
+    assert config.data.image_dir == str(tmp_path / "pictures") and config.data.dataset == "folder"
