@@ -113,7 +113,8 @@ def _same(weights_a, weights_b):
 
 def _assert_only_the_chiefs_wrote(model_dir, chief_pids, worker_pid):
     paths = _all_paths(model_dir)
-    leftovers = [p for p in paths if any(part.startswith(".") for part in p.split(os.sep))]
+    leftovers = [p for p in paths if any(part.startswith(".") for part in p.split(os.sep))
+                 and p != ".run.lock"]  # the chief's lock file stays (flock), empty
     assert not leftovers, f"scratch or temporary files left behind: {leftovers}"
     events = [p for p in paths if "tfevents" in p]
     assert events
@@ -135,7 +136,7 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tmp_path):
     assert last_step.search(chief_out).group(1) == last_step.search(worker_out).group(1)
 
     # Only the chief wrote into model_dir: checkpoints, logs, result and export are its own.
-    names = set(os.listdir(model_dir))
+    names = set(os.listdir(model_dir)) - {".run.lock"}  # the chief's lock file (flock; stays, empty)
     assert names == {"checkpoint", "ckpt-2.index", "ckpt-2.data-00000-of-00001", "ckpt-4.index",
                      "ckpt-4.data-00000-of-00001", "config.json", "result.json", "logs", "saved_model"}
     _assert_only_the_chiefs_wrote(model_dir, [first_chief_pid], worker_pid)

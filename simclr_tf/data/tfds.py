@@ -157,6 +157,12 @@ def _existing_folders(builder) -> set[str]:
     return folders
 
 
+def _is_mocked(builder) -> bool:
+    """Whether `tfds.testing.mock_data` has replaced `download_and_prepare` (which checks nothing)."""
+    prepare = getattr(type(builder), "download_and_prepare", None)
+    return getattr(prepare, "__name__", "") == "mock_download_and_prepare"
+
+
 def _prepare(name: str, builder, download: bool) -> None:
     """Downloads and prepares a missing TFDS data set, or says in one message why it cannot.
 
@@ -168,6 +174,9 @@ def _prepare(name: str, builder, download: bool) -> None:
     import tensorflow_datasets as tfds
 
     manual_dir = _manual_dir(builder)
+    if _is_mocked(builder):  # tfds.testing.mock_data: preparing is a no-op, the data are generated
+        builder.download_and_prepare()
+        return
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and _is_empty_or_missing(manual_dir):
         raise _manual_download_error(name, builder, manual_dir)
     if not download:
