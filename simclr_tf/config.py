@@ -59,7 +59,9 @@ SMALL_DATASETS = ("digits", "synthetic", "folder")
 # implement them import these names (the ResNet its depths, the heads their modes, ...).
 MODES = ("train", "eval", "train_then_eval")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
-RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+# `--checkpoint=none`: fine-tune from random weights, on purpose (a baseline trained from scratch).
+FROM_SCRATCH = "none"
+RESNET_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
@@ -71,7 +73,7 @@ VIEW_TRANSFORMS = ("crop", "flip", "color", "jitter", "drop", "blur", "cutout", 
 VIEW_POLICIES = {"default": "crop,flip,color,blur", "identity": ""}
 CONTRASTIVE_LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 LINEAR_EVAL_PROTOCOLS = ("auto", "logistic", "sgd")
 
 
@@ -257,7 +259,8 @@ class ModelConfig:
     """Encoder and heads.
 
     Attributes:
-        resnet_depth: 18, 34, 50, 101, 152 or 200.
+        resnet_depth: 10, 18, 34, 50, 101, 152 or 200 (10: one basic block per group, a small
+            student for distillation; not in the original code).
         width_multiplier: channel multiplier of the ResNet (1 to 4 in the papers).
         sk_ratio: selective-kernel reduction ratio (SimCLRv2 uses 0.0625); 0 disables.
         se_ratio: squeeze-excitation ratio; 0 disables.
@@ -389,10 +392,14 @@ class TrainConfig:
         keep_checkpoint_max: checkpoints kept.
         keep_hub_module_max: exported SavedModels kept.
         model_dir: where checkpoints, logs, results and exports go.
-        checkpoint: checkpoint to initialise from (fine-tuning / evaluation).
+        checkpoint: checkpoint to initialise from (fine-tuning / evaluation). `none` says
+            "from random weights" on purpose: `train_mode=finetune` needs a checkpoint or that
+            (a supervised baseline trained from scratch on the labels only).
         seed: seed for weights, augmentations and data order.
         jit_compile: compile the train step with XLA.
-        precision: `float32`, `mixed_bfloat16` or `mixed_float16`.
+        precision: `auto` (`mixed_bfloat16` where the hardware computes bfloat16 natively: a TPU,
+            or a CPU with AVX512_BF16 or AMX; else `float32`; see `simclr_tf.precision`; a run
+            stores what it chose in config.json), `float32`, `mixed_bfloat16` or `mixed_float16`.
         steps_per_execution: train steps run per call into TensorFlow.
         knn_every_epochs: run the kNN monitor every this many epochs (0 disables).
         linear_eval_epochs: after pretraining, train a linear head on the frozen encoder for
@@ -433,7 +440,7 @@ class TrainConfig:
     checkpoint: str | None = None
     seed: int = 0
     jit_compile: bool = False
-    precision: str = "float32"
+    precision: str = "auto"
     steps_per_execution: int = 1
     knn_every_epochs: int = 0
     linear_eval_epochs: int = 30
@@ -444,6 +451,13 @@ class TrainConfig:
     teacher: str | None = None
     distill_temperature: float = 1.0
     distill_alpha: float = 0.0
+
+    @property
+    def init_checkpoint(self) -> str | None:
+        """The checkpoint to initialise from; None without one or with `checkpoint=none`."""
+        if not self.checkpoint or self.checkpoint == FROM_SCRATCH:
+            return None
+        return self.checkpoint
 
     def validate(self) -> None:
         _one_of("mode", self.mode, MODES)

@@ -64,7 +64,7 @@ _FLAG_SPECS = [
      "policy: default (SimCLR's view), identity."),
     ("view_b", "augment", "view_b", str, "Policy of the second view; see --view_a."),
     # model
-    ("resnet_depth", "model", "resnet_depth", int, "ResNet depth: 18, 34, 50, 101, 152, 200."),
+    ("resnet_depth", "model", "resnet_depth", int, "ResNet depth: 10, 18, 34, 50, 101, 152, 200."),
     ("width_multiplier", "model", "width_multiplier", int, "ResNet width multiplier."),
     ("sk_ratio", "model", "sk_ratio", float, "Selective-kernel ratio (SimCLRv2: 0.0625); 0 disables."),
     ("se_ratio", "model", "se_ratio", float, "Squeeze-excitation ratio; 0 disables."),
@@ -115,10 +115,13 @@ _FLAG_SPECS = [
     ("model_dir", "train", "model_dir", str,
      "Where checkpoints, logs, results and exports go."),
     ("checkpoint", "train", "checkpoint", str,
-     "Checkpoint (prefix or model_dir) to initialise from, e.g. for fine-tuning."),
+     "Checkpoint (prefix or model_dir) to initialise from, e.g. for fine-tuning; `none` fine-tunes "
+     "from random weights on purpose (a baseline trained from scratch on the labels only)."),
     ("seed", "train", "seed", int, "Seed for weights, augmentation and data order."),
     ("jit_compile", "train", "jit_compile", bool, "Compile the train step with XLA."),
-    ("precision", "train", "precision", str, "float32, mixed_bfloat16 or mixed_float16."),
+    ("precision", "train", "precision", str,
+     "auto (mixed_bfloat16 on a TPU or a CPU with AVX512_BF16/AMX, else float32), float32, "
+     "mixed_bfloat16 or mixed_float16."),
     ("steps_per_execution", "train", "steps_per_execution", int, "Train steps per call into TF."),
     ("knn_every_epochs", "train", "knn_every_epochs", int, "kNN monitor period in epochs; 0 disables."),
     ("linear_eval_epochs", "train", "linear_eval_epochs", int,

@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "simclr_tf"
 LAYERS = [
     {"validation"},
     {"config"},
-    {"losses", "optimizers", "schedules", "distribute", "data"},
+    {"losses", "optimizers", "schedules", "distribute", "precision", "data"},
     {"models"},
     {"checkpoints", "evaluation", "export"},
     {"convert"},  # reads the original code's files into checkpoints and exports

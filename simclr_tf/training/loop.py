@@ -15,6 +15,7 @@ import tensorflow as tf
 from simclr_tf import checkpoints, export
 from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
+from simclr_tf.precision import resolve_precision
 from simclr_tf.training import inputs, linear_eval, phases
 from simclr_tf.training.run_dir import (
     check_resumable,
@@ -66,8 +67,14 @@ def _locked(config: Config, strategy) -> dict:
         tf.config.experimental.enable_op_determinism()
     # The dtype policy is global state: set the run's for its models, and give the caller's back
     # (a float32 run after a mixed-precision one in the same process must be float32).
+    # `auto` becomes the policy this hardware runs best; the run prints it and stores it.
+    policy, reason = resolve_precision(train_config.precision, strategy)
+    if policy != train_config.precision:
+        config = dataclasses.replace(config, train=dataclasses.replace(train_config, precision=policy))
+    if is_chief(strategy):
+        print(f"Precision: {policy} ({reason}).", flush=True)
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(train_config.precision)
+    keras.mixed_precision.set_global_policy(policy)
     try:
         return _run(config, strategy)
     finally:
