@@ -25,6 +25,7 @@ EPS = 1e-5  # the original's batch-norm epsilon
 
 # He et al. 2015, Table 1: depth -> (bottleneck blocks?, blocks per group).
 ARCHITECTURES = {
+    10: (False, (1, 1, 1, 1)),
     18: (False, (2, 2, 2, 2)),
     34: (False, (3, 4, 6, 3)),
     50: (True, (3, 4, 6, 3)),
@@ -229,7 +230,8 @@ def test_cifar_stem_matches_numpy(r18_cifar):
 
 
 def test_resnet_output_dim():
-    assert [resnet_output_dim(d) for d in (18, 34, 50, 101, 152, 200)] == [512, 512, 2048, 2048, 2048, 2048]
+    depths = (10, 18, 34, 50, 101, 152, 200)
+    assert [resnet_output_dim(d) for d in depths] == [512, 512, 512, 2048, 2048, 2048, 2048]
     assert resnet_output_dim(50, 2) == 4096 and resnet_output_dim(18, 3) == 1536
     encoder = build_resnet(18, 2, cifar_stem=True)
     assert encoder(_images(1, 8), training=False)["final_avg_pool"].shape[-1] == resnet_output_dim(18, 2)
@@ -267,6 +269,7 @@ def test_reference_counter_reproduces_published_counts():
 @pytest.mark.parametrize(
     "depth, width, kwargs",
     [
+        (10, 1, {"cifar_stem": True}),
         (18, 1, {}),
         (18, 1, {"cifar_stem": True}),
         (34, 1, {}),
@@ -626,7 +629,8 @@ def test_mixed_precision():
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
-        ((20,), {}, r"`resnet_depth` must be one of 18, 34, 50, 101, 152, 200\. Received: resnet_depth=20"),
+        ((20,), {},
+         r"`resnet_depth` must be one of 10, 18, 34, 50, 101, 152, 200\. Received: resnet_depth=20"),
         ((18, 0), {}, "`width_multiplier` must be a positive integer. Received: width_multiplier=0"),
         ((18, 1.5), {}, "`width_multiplier` must be a positive integer"),
         ((50,), {"sk_ratio": 1.0}, r"`sk_ratio` must be a number in \[0, 1\).*sk_ratio=1.0"),

@@ -75,6 +75,7 @@ __all__ = [
 
 # depth -> (block type, number of blocks in each of the four block groups)
 RESNET_BLOCKS = {
+    10: ("basic", (1, 1, 1, 1)),  # not in the original code: a small student for distillation
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -101,11 +102,11 @@ def resnet_output_dim(resnet_depth, width_multiplier=1):
     """Width of the encoder's `final_avg_pool` (and `block_group4`) features.
 
     Args:
-        resnet_depth: int. One of 18, 34, 50, 101, 152, 200.
+        resnet_depth: int. One of 10, 18, 34, 50, 101, 152, 200.
         width_multiplier: int. Channel multiplier. Defaults to `1`.
 
     Returns:
-        `512 * width_multiplier` for basic-block ResNets (18, 34), `2048 * width_multiplier`
+        `512 * width_multiplier` for basic-block ResNets (10, 18, 34), `2048 * width_multiplier`
         for bottleneck ResNets (50 and deeper).
 
     Raises:
@@ -232,7 +233,7 @@ def build_resnet(
     """Builds a SimCLR ResNet encoder as a functional `keras.Model` with named features.
 
     Args:
-        resnet_depth: int. One of 18, 34, 50, 101, 152, 200.
+        resnet_depth: int. One of 10, 18, 34, 50, 101, 152, 200.
         width_multiplier: int. Multiplies every channel count (stem 64 * w, block groups
             64/128/256/512 * w base widths). Defaults to `1`.
         cifar_stem: bool. Use a 3x3 stride-1 stem without max-pool (for images of about 32 px)
