@@ -26,7 +26,7 @@ _MASK_VALUE = -1e9
 _NORM_EPSILON = 1e-12
 
 
-def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
+def nt_xent(z_1, z_2, temperature=0.1, normalize=True, memory=None, memory_mask=None):
     """Normalised temperature-scaled cross entropy (NT-Xent), SimCLR's contrastive loss.
 
     Each of the `N` local samples has two views. A query (one view of sample `i`) must pick its
@@ -55,13 +55,27 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
     loss and gradients of one device holding the whole global batch. Outside a strategy, in a
     cross-replica context, or with one replica, nothing is gathered.
 
+    With a memory buffer (SimCLRv2, after MoCo; see `simclr_tf.models.memory`), each query also
+    meets the `K` keys of `memory` as extra negatives: its logits gain the `K` columns
+    `sim(q, memory_k) / temperature`, so its softmax runs over its positive, the
+    `2 * N_global - 2` in-batch negatives and the filled memory entries. Entries that
+    `memory_mask` marks empty (the first steps, before the queue is full) are left out exactly,
+    as the self-similarity is. The memory holds no gradient (its keys come from the momentum
+    network) and is the same on every replica, so it is not gathered. With `memory=None` the
+    computation is exactly the one without a buffer.
+
     Args:
         z_1: float tensor of shape `(N, D)`. Projections of the first views of the local batch.
         z_2: float tensor of shape `(N, D)`. Projections of the second views, in the same
             sample order as `z_1`.
         temperature: float. Softmax temperature tau (0.1 for ImageNet, 0.5 for CIFAR-10 in the
             paper). Must be positive. Defaults to `0.1`.
-        normalize: bool. L2-normalise the projections (cosine similarity). Defaults to `True`.
+        normalize: bool. L2-normalise the projections (cosine similarity); the memory keys
+            too. Defaults to `True`.
+        memory: float tensor of shape `(K, D)` or None. Keys of a memory buffer, extra negatives
+            of every query. Defaults to `None` (none).
+        memory_mask: bool tensor of shape `(K,)` or None. Which memory entries hold a key; None
+            means all. Defaults to `None`.
 
     Returns:
         A tuple `(loss, logits_ab, labels)`:
@@ -75,6 +89,8 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
         - `labels`: float32 one-hot tensor of shape `(N, 2 * N_global)`: the positive of local
           query `i` on replica `r` is column `offset_r + i` of the first half, where
           `offset_r` is the number of samples on replicas `0 .. r-1`.
+        With a `memory` of `K` keys both have `K` more columns at the end (the memory's
+        similarities, `-1e9` where empty; labels 0).
         `logits_ab` and `labels` feed the contrastive accuracy (argmax) and entropy metrics.
 
     Raises:
@@ -90,7 +106,8 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
         ```
     """
     _check_temperature(temperature)
-    logits_a, logits_b, labels, exclude, local_size = _pairwise_logits(z_1, z_2, temperature, normalize)
+    logits_a, logits_b, labels, exclude, local_size = _pairwise_logits(
+        z_1, z_2, temperature, normalize, memory=memory, memory_mask=memory_mask)
     loss_a = _cross_entropy(logits_a, labels, exclude)  # (N,)
     loss_b = _cross_entropy(logits_b, labels, exclude)  # (N,)
     # A replica may hold no samples in an uneven final evaluation batch: its loss is then 0,
@@ -100,22 +117,24 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True):
     return loss, logits_ab, labels
 
 
-def nt_logistic(z_1, z_2, temperature=0.1, normalize=True):
+def nt_logistic(z_1, z_2, temperature=0.1, normalize=True, semi_hard_negatives=False):
     """NT-Logistic: each positive and each negative pair scored by a logistic loss (paper, Table 1).
 
     For a query `u` with positive `v+` and negatives `v-` (the same `2 * N_global - 2` views as
     NT-Xent, gathered across replicas the same way), the paper's objective is
     `log sigmoid(u.v+ / t) + log sigmoid(-u.v- / t)`; here the loss of a query is
     `-log sigmoid(s+ / t) - mean over v- of log sigmoid(-s- / t)`: the negatives are averaged, so
-    the positive and the negatives weigh the same whatever the batch size. Without hard-negative
-    mining (the paper's "sh" rows are not implemented). Scale, arguments, gathering and return
-    values as `nt_xent` (the loss sums both directions, averaged over the local samples).
+    the positive and the negatives weigh the same whatever the batch size. With
+    `semi_hard_negatives`, each query keeps one negative, its semi-hard one (the paper's "sh" rows;
+    see `semi_hard_negative_mask`). Scale, arguments, gathering and return values as `nt_xent` (the
+    loss sums both directions, averaged over the local samples).
 
     Args:
         z_1: float tensor of shape `(N, D)`. Projections of the first views.
         z_2: float tensor of shape `(N, D)`. Projections of the second views.
         temperature: float. Temperature t. Defaults to `0.1`.
         normalize: bool. L2-normalise the projections. Defaults to `True`.
+        semi_hard_negatives: bool. Score only each query's semi-hard negative. Defaults to `False`.
 
     Returns:
         `(loss, logits_ab, labels)` as `nt_xent`.
@@ -131,7 +150,7 @@ def nt_logistic(z_1, z_2, temperature=0.1, normalize=True):
 
     def per_query(logits):  # (N, 2 N_global) -> (N,)
         positive = tf.reduce_sum(labels * logits, axis=1)
-        negatives = _negatives(labels, exclude)
+        negatives = _chosen_negatives(logits, labels, exclude, semi_hard_negatives)
         negative = tf.math.divide_no_nan(
             tf.reduce_sum(tf.where(negatives, tf.math.log_sigmoid(-logits), 0.0), axis=1),
             tf.reduce_sum(tf.cast(negatives, tf.float32), axis=1))
@@ -143,20 +162,22 @@ def nt_logistic(z_1, z_2, temperature=0.1, normalize=True):
     return loss, logits_ab, labels
 
 
-def margin_triplet(z_1, z_2, margin=0.5, normalize=True):
+def margin_triplet(z_1, z_2, margin=0.5, normalize=True, semi_hard_negatives=False):
     """Margin triplet: a negative costs when it is not `margin` less similar than the positive.
 
     The paper's objective (Table 1) is `-max(u.v- - u.v+ + m, 0)`; here the loss of a query `u`
     is the mean over its negatives `v-` of `max(s- - s+ + margin, 0)`, with `s` the dot products
-    (cosine similarities when `normalize`), no temperature. Without semi-hard negative mining (the
-    paper's "sh" rows are not implemented). Negatives, gathering, scale and return values as
-    `nt_xent` (the logits are the similarities themselves, temperature 1).
+    (cosine similarities when `normalize`), no temperature. With `semi_hard_negatives`, each query
+    keeps one negative, its semi-hard one (the paper's "sh" rows; see `semi_hard_negative_mask`).
+    Negatives, gathering, scale and return values as `nt_xent` (the logits are the similarities
+    themselves, temperature 1).
 
     Args:
         z_1: float tensor of shape `(N, D)`. Projections of the first views.
         z_2: float tensor of shape `(N, D)`. Projections of the second views.
         margin: float >= 0. The margin m. Defaults to `0.5`.
         normalize: bool. L2-normalise the projections. Defaults to `True`.
+        semi_hard_negatives: bool. Score only each query's semi-hard negative. Defaults to `False`.
 
     Returns:
         `(loss, logits_ab, labels)` as `nt_xent`.
@@ -174,7 +195,7 @@ def margin_triplet(z_1, z_2, margin=0.5, normalize=True):
 
     def per_query(logits):  # (N, 2 N_global) -> (N,)
         positive = tf.reduce_sum(labels * logits, axis=1, keepdims=True)  # (N, 1)
-        negatives = _negatives(labels, exclude)
+        negatives = _chosen_negatives(logits, labels, exclude, semi_hard_negatives)
         hinge = tf.nn.relu(logits - positive + tf.cast(margin, tf.float32))  # (N, 2 N_global)
         return tf.math.divide_no_nan(tf.reduce_sum(tf.where(negatives, hinge, 0.0), axis=1),
                                      tf.reduce_sum(tf.cast(negatives, tf.float32), axis=1))
@@ -185,10 +206,14 @@ def margin_triplet(z_1, z_2, margin=0.5, normalize=True):
     return loss, logits_ab, labels
 
 
-def contrastive_loss(name, z_1, z_2, *, temperature=0.1, normalize=True, margin=0.5):
+def contrastive_loss(name, z_1, z_2, *, temperature=0.1, normalize=True, margin=0.5, memory=None,
+                     memory_mask=None, semi_hard_negatives=False):
     """The contrastive loss `name` (`nt_xent`, `nt_logistic` or `margin_triplet`) of `z_1`, `z_2`.
 
-    `temperature` is read by NT-Xent and NT-Logistic, `margin` by margin triplet.
+    `temperature` is read by NT-Xent and NT-Logistic, `margin` by margin triplet, `memory` and
+    `memory_mask` (a memory buffer's extra negatives) by NT-Xent only, and
+    `semi_hard_negatives` by NT-Logistic and margin triplet only (NT-Xent weighs its negatives by
+    their hardness already; the paper mines none for it).
 
     Returns:
         `(loss, logits_ab, labels)` as `nt_xent`.
@@ -196,12 +221,21 @@ def contrastive_loss(name, z_1, z_2, *, temperature=0.1, normalize=True, margin=
     Raises:
         ValueError: an unknown `name`, or an invalid argument of that loss.
     """
+    if semi_hard_negatives and name not in ("nt_logistic", "margin_triplet"):
+        raise ValueError("`semi_hard_negatives` applies to 'nt_logistic' and 'margin_triplet' (the paper's "
+                         f"'sh' rows); turn it off for {name!r}.")
     if name == "nt_xent":
-        return nt_xent(z_1, z_2, temperature=temperature, normalize=normalize)
+        return nt_xent(z_1, z_2, temperature=temperature, normalize=normalize, memory=memory,
+                       memory_mask=memory_mask)
+    if memory is not None:
+        raise ValueError(f"A memory buffer's negatives are only used by `nt_xent`. Received: "
+                         f"contrastive_loss={name!r} with a memory.")
     if name == "nt_logistic":
-        return nt_logistic(z_1, z_2, temperature=temperature, normalize=normalize)
+        return nt_logistic(z_1, z_2, temperature=temperature, normalize=normalize,
+                           semi_hard_negatives=semi_hard_negatives)
     if name == "margin_triplet":
-        return margin_triplet(z_1, z_2, margin=margin, normalize=normalize)
+        return margin_triplet(z_1, z_2, margin=margin, normalize=normalize,
+                              semi_hard_negatives=semi_hard_negatives)
     raise ValueError(f"`contrastive_loss` must be one of 'nt_xent', 'nt_logistic', 'margin_triplet'. "
                      f"Received: contrastive_loss={name!r}.")
 
@@ -219,13 +253,54 @@ def _negatives(labels, exclude):
     return tf.logical_not(tf.logical_or(labels > 0, exclude))
 
 
-def _pairwise_logits(z_1, z_2, temperature, normalize):
+def semi_hard_negative_mask(logits, labels, exclude):
+    """Each query's semi-hard negative: the most similar negative that is less similar than the positive.
+
+    Semi-hard mining of FaceNet (Schroff et al., 2015), which the SimCLR paper uses for NT-Logistic
+    and margin triplet (its Table 2, "sh"): for a query with positive similarity `s+`, the
+    candidates are the negatives with `s- < s+`, and the hardest of them (largest `s-`) is kept.
+    A query none of whose negatives is less similar than its positive keeps its least similar
+    negative instead (as TensorFlow Addons' `triplet_semihard_loss` does), so that every query
+    with a negative is scored. Ties go to the first column. Across replicas the candidates are the
+    gathered global negatives, as for the losses.
+
+    Args:
+        logits: float32 tensor of shape `(N, K)`, similarities (any positive scale).
+        labels: float32 one-hot tensor of shape `(N, K)`, the positives.
+        exclude: bool tensor of shape `(N, K)`, the self-similarities.
+
+    Returns:
+        bool tensor of shape `(N, K)`: one True per row (none for a row without negatives).
+
+    References:
+        Schroff et al., 2015. FaceNet. https://arxiv.org/abs/1503.03832
+    """
+    positive = tf.reduce_sum(labels * logits, axis=1, keepdims=True)  # (N, 1)
+    negatives = _negatives(labels, exclude)  # (N, K)
+    candidates = tf.logical_and(negatives, logits < positive)
+    hardest = tf.argmax(tf.where(candidates, logits, -float("inf")), axis=1)  # (N,)
+    easiest = tf.argmin(tf.where(negatives, logits, float("inf")), axis=1)  # (N,)
+    chosen = tf.where(tf.reduce_any(candidates, axis=1), hardest, easiest)
+    one = tf.cast(tf.one_hot(chosen, tf.shape(logits)[1]), tf.bool)
+    return tf.logical_and(one, negatives)
+
+
+def _chosen_negatives(logits, labels, exclude, semi_hard):
+    """The negatives a query is scored against: all of them, or its semi-hard one."""
+    if semi_hard:
+        return semi_hard_negative_mask(tf.stop_gradient(logits), labels, exclude)
+    return _negatives(labels, exclude)
+
+
+def _pairwise_logits(z_1, z_2, temperature, normalize, memory=None, memory_mask=None):
     """The two directions' logits over the (gathered) global batch; see `nt_xent`.
 
     Returns:
         `(logits_a, logits_b, labels, exclude, local_size)`: float32 `(N, 2 N_global)` logits of
         the view-1 and view-2 queries (`[sim(q, other view of all), sim(q, same view of all)] / t`),
-        the one-hot positives, the bool self-similarity mask, and `N`.
+        the one-hot positives, the bool self-similarity mask, and `N`. With a `memory` of `K`
+        keys, `K` more columns: `sim(q, memory) / t`, no positive there, the empty entries
+        excluded.
     """
     z_1 = tf.cast(z_1, tf.float32)  # (N, D)
     z_2 = tf.cast(z_2, tf.float32)  # (N, D)
@@ -264,6 +339,19 @@ def _pairwise_logits(z_1, z_2, temperature, normalize):
     exclude = tf.concat([tf.zeros_like(is_self), is_self], axis=1)  # (N, 2 N_global)
     logits_a = tf.concat([similarities(z_1, z_2_all), similarities(z_1, z_1_all)], axis=1)
     logits_b = tf.concat([similarities(z_2, z_1_all), similarities(z_2, z_2_all)], axis=1)
+    if memory is None:
+        return logits_a, logits_b, labels, exclude, local_size
+
+    memory = tf.stop_gradient(tf.cast(memory, tf.float32))  # (K, D): the momentum network's keys
+    if normalize:
+        memory = tf.math.l2_normalize(memory, axis=-1, epsilon=_NORM_EPSILON)
+    slots = tf.shape(memory)[0]
+    filled = tf.ones([slots], tf.bool) if memory_mask is None else tf.cast(memory_mask, tf.bool)
+    empty = tf.broadcast_to(tf.logical_not(filled)[tf.newaxis, :], [local_size, slots])  # (N, K)
+    logits_a = tf.concat([logits_a, similarities(z_1, memory)], axis=1)  # (N, 2 N_global + K)
+    logits_b = tf.concat([logits_b, similarities(z_2, memory)], axis=1)  # (N, 2 N_global + K)
+    labels = tf.concat([labels, tf.zeros([local_size, slots], tf.float32)], axis=1)
+    exclude = tf.concat([exclude, empty], axis=1)
     return logits_a, logits_b, labels, exclude, local_size
 
 

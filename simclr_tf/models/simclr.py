@@ -8,45 +8,11 @@ from keras import ops
 
 from simclr_tf.config import CONTRASTIVE_LOSSES, TRAIN_MODES
 from simclr_tf.losses import contrastive_loss as contrastive_loss_of
+from simclr_tf.models.features import FEATURE, encoder_features, image_shape
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.memory import MemoryBuffer, check_memory_buffer, copy_of, online_weights
 from simclr_tf.models.resnet import build_resnet, freeze_up_to_block
 from simclr_tf.optimizers import LARS, VariableRoles, weight_decay_loss
-
-FEATURE = "final_avg_pool"  # the encoder output the heads read
-
-
-def encoder_features(encoder, images, training=False) -> dict:
-    """The named features of `encoder` on `images`: always a dict holding `final_avg_pool`.
-
-    Our ResNet returns such a dict already. Any other encoder may return a feature vector
-    `(batch_size, dim)`, which becomes `final_avg_pool`, or a feature map
-    `(batch_size, height, width, channels)`, which is average-pooled into it.
-    """
-    outputs = encoder(images, training=training)
-    if isinstance(outputs, dict):
-        if FEATURE not in outputs:
-            raise ValueError(
-                f"An encoder that returns a dict must have a `{FEATURE}` entry (the pooled features "
-                f"the heads read). Received keys: {sorted(outputs)}."
-            )
-        return dict(outputs)
-    rank = len(outputs.shape)
-    if rank == 4:
-        return {FEATURE: ops.mean(outputs, axis=(1, 2))}
-    if rank == 2:
-        return {FEATURE: outputs}
-    raise ValueError(
-        "The encoder must map images to a feature vector (batch_size, dim), a feature map "
-        "(batch_size, height, width, channels) or a dict with `final_avg_pool`. Received an "
-        f"output of shape {tuple(outputs.shape)}."
-    )
-
-
-def _image_shape(input_shape) -> tuple:
-    """The shape of one image batch, also when given the shapes of two views."""
-    if isinstance(input_shape, (tuple, list)) and input_shape and isinstance(input_shape[0], (tuple, list)):
-        input_shape = input_shape[0]
-    return tuple(input_shape)
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -85,6 +51,13 @@ class SimCLRModel(keras.Model):
     differentiates is divided by the number of replicas: N replicas of batch B then train exactly
     like one device with batch N*B (NT-Xent gathers its negatives across replicas).
 
+    With `memory_buffer_size > 0` (SimCLRv2's memory buffer, pretraining with NT-Xent only), a
+    momentum copy of encoder and projection head (`self.memory`, a `MemoryBuffer`) computes keys
+    of each step's views in training mode, outside the gradient tape; the queue of past keys
+    serves as extra negatives in NT-Xent; after the optimizer step the copy moves towards the
+    online weights by `memory_momentum` and the step's keys (gathered from every replica) enter
+    the queue. See `simclr_tf.models.memory`.
+
     Calling the model on images returns a dict of named features: the encoder's outputs
     (`initial_conv` ... `final_avg_pool`), `proj_head_input`, `proj_head_output` and, with a
     supervised head, `logits_sup`.
@@ -106,10 +79,15 @@ class SimCLRModel(keras.Model):
         hidden_norm: bool. L2-normalise projections in NT-Xent.
         contrastive_loss: str. `nt_xent`, `nt_logistic` or `margin_triplet` (`simclr_tf.losses`).
         margin: float. The margin of `margin_triplet`.
+        semi_hard_negatives: bool. Semi-hard negative mining in `nt_logistic` / `margin_triplet`.
         optimizer_name: str or None. `lars`, `momentum` or `adam`; decides where the loss-term
             weight decay goes. None: `lars` if the compiled optimizer is LARS, else `momentum`.
         weight_decay: float. L2 weight decay of the loss term (LARS decays the other weights
             itself, with its own `weight_decay`).
+        memory_buffer_size: int. Keys in the memory buffer's queue; 0 for no buffer. Defaults to
+            0.
+        memory_momentum: float in [0, 1). Moving-average rate of the momentum network. Defaults
+            to `0.999`.
     """
 
     def __init__(
@@ -136,8 +114,11 @@ class SimCLRModel(keras.Model):
         hidden_norm=True,
         contrastive_loss="nt_xent",
         margin=0.5,
+        semi_hard_negatives=False,
         optimizer_name=None,
         weight_decay=0.0,
+        memory_buffer_size=0,
+        memory_momentum=0.999,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -146,6 +127,9 @@ class SimCLRModel(keras.Model):
         if contrastive_loss not in CONTRASTIVE_LOSSES:
             raise ValueError(f"`contrastive_loss` must be one of {CONTRASTIVE_LOSSES}. "
                              f"Received: {contrastive_loss!r}.")
+        if semi_hard_negatives and contrastive_loss not in ("nt_logistic", "margin_triplet"):
+            raise ValueError("`semi_hard_negatives` applies to `contrastive_loss` 'nt_logistic' or "
+                             f"'margin_triplet'. Received: contrastive_loss={contrastive_loss!r}.")
         if encoder is not None and not isinstance(encoder, keras.layers.Layer):
             raise ValueError(
                 "`encoder` must be a Keras model or layer mapping images (batch_size, height, width, 3) "
@@ -158,6 +142,15 @@ class SimCLRModel(keras.Model):
                 "use -1 (fine-tune everything) or 4 (freeze the encoder: linear evaluation), or "
                 f"freeze its layers yourself. Received: fine_tune_after_block={fine_tune_after_block!r}."
             )
+        if memory_buffer_size:
+            check_memory_buffer(memory_buffer_size, memory_momentum)
+            if train_mode != "pretrain" or contrastive_loss != "nt_xent":
+                raise ValueError(
+                    "The memory buffer adds negatives to NT-Xent while pretraining: it needs "
+                    "`train_mode='pretrain'` and `contrastive_loss='nt_xent'`. Received: "
+                    f"train_mode={train_mode!r}, contrastive_loss={contrastive_loss!r}, "
+                    f"memory_buffer_size={memory_buffer_size!r}. Use memory_buffer_size=0."
+                )
         if train_mode == "finetune" and not num_classes:
             raise ValueError(
                 "`train_mode='finetune'` needs labelled data: `num_classes` must be positive. "
@@ -184,29 +177,24 @@ class SimCLRModel(keras.Model):
         self.hidden_norm = hidden_norm
         self.contrastive_loss = contrastive_loss
         self.margin = margin
+        self.semi_hard_negatives = semi_hard_negatives
         self.optimizer_name = optimizer_name
         self.weight_decay = weight_decay
+        self.memory_buffer_size = memory_buffer_size
+        self.memory_momentum = memory_momentum
 
         self.custom_encoder = encoder is not None
-        self.encoder = encoder if encoder is not None else build_resnet(
-            resnet_depth,
-            width_multiplier,
-            cifar_stem=cifar_stem,
-            sk_ratio=sk_ratio,
-            se_ratio=se_ratio,
-            batch_norm_decay=batch_norm_decay,
-            global_bn=global_bn,
-            fused_batch_norm=fused_batch_norm,
-            name="resnet",
-        )
-        self.projection_head = ProjectionHead(
-            proj_head_mode=proj_head_mode,
-            proj_out_dim=proj_out_dim,
-            num_proj_layers=num_proj_layers,
-            batch_norm_decay=batch_norm_decay,
-            global_bn=global_bn,
-            name="projection_head",
-        )
+        self.encoder = encoder if encoder is not None else self._our_encoder("resnet")
+        self.projection_head = self._projection_head("projection_head")
+        self.memory = None
+        if memory_buffer_size:  # the momentum network: the same architecture, its own weights
+            self.memory = MemoryBuffer(
+                copy_of(encoder) if self.custom_encoder else self._our_encoder("momentum_resnet"),
+                self._projection_head("momentum_projection_head"),
+                size=memory_buffer_size,
+                momentum=memory_momentum,
+                name="memory_buffer",
+            )
         self.supervised_head = (
             SupervisedHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
             if num_classes
@@ -228,12 +216,26 @@ class SimCLRModel(keras.Model):
         self.learning_rate_tracker = keras.metrics.Mean(name="learning_rate")
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
 
+    def _our_encoder(self, name):
+        return build_resnet(
+            self.resnet_depth, self.width_multiplier, cifar_stem=self.cifar_stem, sk_ratio=self.sk_ratio,
+            se_ratio=self.se_ratio, batch_norm_decay=self.batch_norm_decay, global_bn=self.global_bn,
+            fused_batch_norm=self.fused_batch_norm, name=name,
+        )
+
+    def _projection_head(self, name):
+        return ProjectionHead(
+            proj_head_mode=self.proj_head_mode, proj_out_dim=self.proj_out_dim,
+            num_proj_layers=self.num_proj_layers, batch_norm_decay=self.batch_norm_decay,
+            global_bn=self.global_bn, name=name,
+        )
+
     # --- forward ------------------------------------------------------------------------------
 
     def build(self, input_shape):
         """Creates every variable: encoder, projection head (sized from the encoder's output) and
         supervised head. `input_shape` is that of an image batch, or of two views."""
-        features = encoder_features(self.encoder, keras.KerasTensor(_image_shape(input_shape)))
+        features = encoder_features(self.encoder, keras.KerasTensor(image_shape(input_shape)))
         h = features[FEATURE]
         if len(h.shape) != 2 or h.shape[-1] is None:
             raise ValueError(
@@ -241,6 +243,8 @@ class SimCLRModel(keras.Model):
         _, hiddens = self.projection_head(h)
         if self.supervised_head is not None:
             self.supervised_head.build(self._supervised_head_input(h, hiddens).shape)
+        if self.memory is not None:  # the momentum network, equal to the online one, and the queue
+            self.memory.build_like(self.encoder, self.projection_head, image_shape(input_shape))
         if self.train_mode == "finetune" and self.fine_tune_after_block >= 4:
             # Linear evaluation: the projection layers below the selector are frozen too (now that
             # the head has made its layers), and frozen batch norm runs in inference mode.
@@ -320,9 +324,13 @@ class SimCLRModel(keras.Model):
             h = encoder_features(self.encoder, images, training=training)[FEATURE]
             z, _ = self.projection_head(h, training=training)
             z_1, z_2 = z[:batch_size], z[batch_size:]
+            memory = self.memory is not None and training
             loss, logits_ab, labels_ab = contrastive_loss_of(
                 self.contrastive_loss, z_1, z_2, temperature=self.temperature,
                 normalize=self.hidden_norm, margin=self.margin,
+                semi_hard_negatives=self.semi_hard_negatives,
+                memory=self.memory.queue if memory else None,
+                memory_mask=self.memory.mask() if memory else None,
             )
             self.contrastive_loss_tracker.update_state(loss)
             hit = tf.equal(tf.argmax(logits_ab, axis=1), tf.argmax(labels_ab, axis=1))
@@ -376,6 +384,8 @@ class SimCLRModel(keras.Model):
     def train_step(self, data):
         self._build_for(data[0])
         variables = self.trainable_variables
+        # The momentum network's keys, before the tape: nothing of its pass is recorded.
+        keys = self.memory.keys(data[0], normalize=self.hidden_norm) if self.memory is not None else None
         with tf.GradientTape() as tape:
             loss = self._forward_losses(data, training=True) + self._weight_decay()
             self.total_loss_tracker.update_state(loss)
@@ -390,6 +400,9 @@ class SimCLRModel(keras.Model):
         pairs = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
         self.learning_rate_tracker.update_state(self.optimizer.learning_rate)  # this step's rate
         self.optimizer.apply_gradients(pairs)
+        if self.memory is not None:  # after the step: the moving average, then this step's keys
+            self.memory.update(online_weights(self.encoder, self.projection_head))
+            self.memory.enqueue(*keys)
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
@@ -420,8 +433,8 @@ class SimCLRModel(keras.Model):
                     "proj_out_dim", "num_proj_layers", "ft_proj_selector", "num_classes",
                     "zero_init_logits_layer", "train_mode", "lineareval_while_pretraining",
                     "fine_tune_after_block", "temperature", "hidden_norm", "contrastive_loss",
-                    "margin", "optimizer_name",
-                    "weight_decay",
+                    "margin", "semi_hard_negatives", "optimizer_name",
+                    "weight_decay", "memory_buffer_size", "memory_momentum",
                 )
             }
         )
