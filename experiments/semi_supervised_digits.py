@@ -1,0 +1,331 @@
+"""SimCLRv2's semi-supervised recipe on the built-in digits, as one reproducible experiment.
+
+    python experiments/semi_supervised_digits.py [--out runs/semi_supervised_digits] \\
+        [--pretrained runs/<a pretraining with --num_proj_layers=3>]
+
+scikit-learn's handwritten digits: 1,437 training and 360 held-out 8x8 scans (trained at 16 px).
+With 2 labels per class and with 10% of the labels, the script prints the top-1 accuracy on the 360
+held-out digits of:
+
+  1. logistic regression on the raw pixels;
+  2. the same network (ResNet-18) trained from scratch on the labelled images only;
+  3. SimCLR linear evaluation: logistic regression on the frozen pretrained encoder's features;
+  4. SimCLR fine-tuned (SimCLRv2 step 2): the pretrained network fine-tuned on the labelled images
+     from the first layer of its 3-layer projection head (`ft_proj_selector=1`);
+  5. fine-tuned then self-distilled (step 3): a student of the same architecture learns row 4's
+     predictions on all 1,437 training images;
+  6. distilled into a smaller student (a ResNet-10, half the parameters) the same way.
+
+Rows 1 and 3 are the mean over `--draws` draws of the labelled images (seeds 0, 1, ...); rows 2, 4,
+5 and 6 train once, on draw 0 (the runs' seed), whose row-1 and row-3 numbers are stored too. One
+SimCLR pretraining (the quickstart with SimCLRv2's 3-layer projection head) serves rows 3 to 6; it
+is run into `<out>/pretrain` unless `--pretrained` names a finished one. Every training is a normal
+run directory under `--out` (`<setting>/<row>`: checkpoints, logs, result.json), and every row's
+wall time is measured and printed. The table is written to `<out>/semi_supervised.md` and `.json`.
+Exit code 3 when fine-tuned + distilled stays below `--target` with 2 labels per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+SETTINGS = {  # column -> (its title, train_labels_per_class, train_label_fraction)
+    "2_per_class": ("2 labels per class", 2, 1.0),
+    "10pct": ("10% of labels", 0, 0.1),
+}
+ROWS = (
+    ("pixels", "logistic regression on raw pixels"),
+    ("scratch", "ResNet-18 from scratch, labels only"),
+    ("linear_eval", "SimCLR linear evaluation"),
+    ("finetune", "SimCLR fine-tuned (ft_proj_selector=1)"),
+    ("self_distill", "fine-tuned + self-distilled (ResNet-18)"),
+    ("small_distill", "fine-tuned + distilled into ResNet-10"),
+)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description="SimCLRv2's semi-supervised recipe on the digits.")
+    parser.add_argument("--out", default="runs/semi_supervised_digits", help="Folder of every run.")
+    parser.add_argument("--pretrained", default=None,
+                        help="A finished pretraining run (with --num_proj_layers=3) to reuse.")
+    parser.add_argument("--pretrain_steps", type=int, default=0,
+                        help="Pretraining steps (0: the quickstart's 20 epochs).")
+    parser.add_argument("--finetune_steps", type=int, default=60, help="Fine-tuning steps (row 4).")
+    parser.add_argument("--finetune_learning_rate", type=float, default=0.05)
+    parser.add_argument("--scratch_steps", type=int, default=200, help="Training steps of row 2.")
+    parser.add_argument("--distill_steps", type=int, default=120, help="Distillation steps (rows 5, 6).")
+    parser.add_argument("--distill_learning_rate", type=float, default=1.0)
+    parser.add_argument("--distill_temperature", type=float, default=1.0)
+    parser.add_argument("--distill_alpha", type=float, default=0.0)
+    parser.add_argument("--distill_from", choices=("pretrained", "scratch"), default="pretrained",
+                        help="Initialise the self-distilled student (row 5) from the pretraining or "
+                             "from random weights (the smaller student always starts from random).")
+    parser.add_argument("--draws", type=int, default=5, help="Label draws averaged in rows 1 and 3.")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"Columns to run, comma-separated, of: {', '.join(SETTINGS)}.")
+    parser.add_argument("--rows", default=",".join(name for name, _ in ROWS),
+                        help="Rows to run, comma-separated (a distillation needs its teacher, "
+                             "`finetune`, run before or in the same call).")
+    parser.add_argument("--target", type=float, default=0.88,
+                        help="Top-1 that fine-tuned + distilled must reach with 2 labels per class.")
+    args = parser.parse_args(argv)
+    args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in args.settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown --settings {unknown}: use {', '.join(SETTINGS)}")
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    names = [name for name, _ in ROWS]
+    if set(args.rows) - set(names):
+        parser.error(f"unknown --rows {sorted(set(args.rows) - set(names))}: use {', '.join(names)}")
+    return args
+
+
+# --- the configurations of the runs ------------------------------------------------------------
+
+
+def pretrain_config(args):
+    """The quickstart with SimCLRv2's 3-layer projection head (fine-tuning starts from its first)."""
+    from simclr_tf.config import Config
+
+    base = Config()
+    return dataclasses.replace(
+        base,
+        model=dataclasses.replace(base.model, num_proj_layers=3),
+        train=dataclasses.replace(base.train, model_dir=os.path.join(args.out, "pretrain"),
+                                  train_steps=args.pretrain_steps),
+    )
+
+
+def run_configs(args, pretrained_dir: str, setting: str) -> dict:
+    """Row name -> Config of the trained rows of one column (`setting`)."""
+    from simclr_tf.config import FROM_SCRATCH, load_config
+
+    pretrained = load_config(pretrained_dir)
+    _, per_class, fraction = SETTINGS[setting]
+    folder = os.path.join(args.out, setting)
+    data = dataclasses.replace(pretrained.data, train_labels_per_class=per_class,
+                               train_label_fraction=fraction)
+    # Fine-tuning as SimCLRv2 (appendix B.5): the whole network, Nesterov momentum, no weight decay
+    # or warm-up; the learning rate is not scaled with the (tiny) batch of labelled images.
+    finetune = dataclasses.replace(
+        pretrained, data=data,
+        model=dataclasses.replace(pretrained.model, ft_proj_selector=1),
+        optimizer=dataclasses.replace(pretrained.optimizer, optimizer="momentum",
+                                      learning_rate=args.finetune_learning_rate,
+                                      learning_rate_scaling="none", warmup_epochs=0.0, weight_decay=0.0),
+        train=dataclasses.replace(
+            pretrained.train, train_mode="finetune", fine_tune_after_block=-1, checkpoint=pretrained_dir,
+            train_steps=args.finetune_steps, linear_eval_epochs=0, lineareval_while_pretraining=False,
+            keep_checkpoint_max=1, checkpoint_steps=args.finetune_steps,
+            model_dir=os.path.join(folder, "finetune")),
+    )
+    scratch = dataclasses.replace(
+        finetune, train=dataclasses.replace(finetune.train, checkpoint=FROM_SCRATCH,
+                                            train_steps=args.scratch_steps,
+                                            checkpoint_steps=args.scratch_steps,
+                                            model_dir=os.path.join(folder, "scratch")))
+    # Distillation: all training images, the pretraining's optimizer (LARS) and batch.
+    distill_train = dataclasses.replace(
+        finetune.train, train_mode="distill", teacher=finetune.train.model_dir,
+        distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha,
+        train_steps=args.distill_steps, checkpoint_steps=args.distill_steps,
+        checkpoint=pretrained_dir if args.distill_from == "pretrained" else None)
+    distill_optimizer = dataclasses.replace(pretrained.optimizer,
+                                            learning_rate=args.distill_learning_rate)
+    self_distill = dataclasses.replace(
+        finetune, optimizer=distill_optimizer,
+        train=dataclasses.replace(distill_train, model_dir=os.path.join(folder, "self_distill")))
+    if args.distill_from == "scratch":  # a fresh student has no use for a projection head
+        self_distill = dataclasses.replace(self_distill, model=dataclasses.replace(
+            self_distill.model, proj_head_mode="none", ft_proj_selector=0))
+    small = dataclasses.replace(
+        finetune, optimizer=distill_optimizer,
+        model=dataclasses.replace(finetune.model, resnet_depth=10, proj_head_mode="none",
+                                  ft_proj_selector=0),
+        train=dataclasses.replace(distill_train, checkpoint=None,
+                                  model_dir=os.path.join(folder, "small_distill")))
+    return {"scratch": scratch, "finetune": finetune, "self_distill": self_distill,
+            "small_distill": small}
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+
+def _arrays(source, image_size, encoder=None, batch_size=256):
+    """Flattened pixels (no encoder) or the encoder's `final_avg_pool` features, and the labels."""
+    from simclr_tf.data import pipeline
+    from simclr_tf.evaluation import extract_features
+
+    dataset = pipeline.build_eval_dataset(source, global_batch_size=batch_size, image_size=image_size)
+    if encoder is not None:
+        return extract_features(encoder, dataset)
+    images, labels = [], []
+    for x, y in dataset:
+        images.append(np.asarray(x).reshape(len(x), -1))
+        labels.append(np.asarray(y))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def probe(train_x, train_y, test_x, test_y, setting: str, draws: int) -> dict:
+    """Logistic regression on `draws` draws of the labelled images: the mean and each draw."""
+    from simclr_tf.data.sources import label_subset
+    from simclr_tf.evaluation import linear_probe_accuracy
+
+    _, per_class, fraction = SETTINGS[setting]
+    scores = []
+    for seed in range(draws):
+        kept = label_subset(train_y, per_class=per_class or None,
+                            fraction=None if per_class else fraction, seed=seed)
+        scores.append(linear_probe_accuracy(train_x[kept], train_y[kept], test_x, test_y))
+    return {"top1": float(np.mean(scores)), "draws": scores}
+
+
+def parameter_counts(config) -> dict:
+    """Trainable parameters of the encoder and of the whole network (heads included)."""
+    import keras
+
+    from simclr_tf.models.build import build_model
+
+    with keras.StatelessScope():
+        model = build_model(config.resolved(), 10)
+
+    def count(weights):
+        return int(sum(np.prod(w.shape) for w in weights))
+
+    return {"encoder": count(model.encoder.trainable_weights), "total": count(model.trainable_weights)}
+
+
+def _train(config) -> tuple[dict, float]:
+    from simclr_tf.training import train
+
+    started = time.time()
+    result = train(config)
+    return result, time.time() - started
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def format_table(table: dict, settings, params: dict | None = None) -> str:
+    """A markdown table: one row per method, one column per setting (top-1 and wall time)."""
+    header = "| method | " + " | ".join(f"{SETTINGS[s][0]}: top-1 | wall" for s in settings) + " |"
+    lines = [header, "|---|" + "---|---|" * len(settings)]
+    for name, label in ROWS:
+        cells = []
+        for setting in settings:
+            entry = table.get(setting, {}).get(name)
+            if entry is None:
+                cells += ["-", "-"]
+                continue
+            note = f" (mean of {len(entry['draws'])})" if "draws" in entry else ""
+            cells += [f"{entry['top1']:.1%}{note}", f"{entry['seconds']:.0f} s"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    import keras
+
+    from simclr_tf.config import load_config
+    from simclr_tf.data.sources import load_source, source_labels
+
+    started = time.time()
+    pretrained_dir, pretrain_seconds = args.pretrained, 0.0
+    if pretrained_dir is None:
+        pretrained_dir = pretrain_config(args).train.model_dir
+        if not os.path.exists(os.path.join(pretrained_dir, "result.json")):
+            print(f"Pretraining into {pretrained_dir} (shared by rows 3-6).", flush=True)
+            _, pretrain_seconds = _train(pretrain_config(args))
+    pretrained = load_config(pretrained_dir).resolved()
+    if pretrained.model.num_proj_layers != 3:
+        print(f"Note: {pretrained_dir} has a {pretrained.model.num_proj_layers}-layer projection head; "
+              "SimCLRv2 fine-tunes from the first of 3.", flush=True)
+    with open(os.path.join(pretrained_dir, "result.json")) as f:
+        pretrain_result = json.load(f)
+    image_size, seed = pretrained.image_size, pretrained.train.seed
+
+    train_source = load_source("digits", "train", seed=seed)
+    test_source = load_source("digits", "test", seed=seed)
+    pixels = _arrays(train_source, image_size), _arrays(test_source, image_size)
+    if not np.array_equal(pixels[0][1], source_labels(train_source)):
+        raise RuntimeError("The evaluation pipeline reordered the training images.")
+    encoder = build_pretrained_encoder(pretrained, pretrained_dir)
+    feature_start = time.time()
+    features = _arrays(train_source, image_size, encoder), _arrays(test_source, image_size, encoder)
+    feature_seconds = time.time() - feature_start
+    keras.backend.clear_session()
+
+    table, runs, params = {}, {}, {}
+    for setting in args.settings:
+        row = table.setdefault(setting, {})
+        for name, (train_xy, test_xy), extra in (("pixels", pixels, 0.0),
+                                                 ("linear_eval", features, feature_seconds)):
+            if name not in args.rows:
+                continue
+            begin = time.time()
+            row[name] = probe(*train_xy, *test_xy, setting, args.draws)
+            row[name]["seconds"] = time.time() - begin + extra
+        for name, config in run_configs(args, pretrained_dir, setting).items():
+            if name not in args.rows:
+                continue
+            print(f"\n=== {setting}: {name} ({config.train.model_dir}) ===", flush=True)
+            result, seconds = _train(config)
+            row[name] = {"top1": float(result["eval_top1"]), "seconds": seconds,
+                         "train_steps": result.get("train_steps"), "model_dir": config.train.model_dir}
+            runs[f"{setting}/{name}"] = config.train.model_dir
+            if name in ("finetune", "small_distill") and name not in params:
+                params[name] = parameter_counts(config)
+            keras.backend.clear_session()
+    total = time.time() - started
+
+    print(f"\nTop-1 on the {len(pixels[1][1])} held-out digits (digits:test); rows 1 and 3: mean of "
+          f"{args.draws} label draws, the others draw 0. Pretraining ({pretrained_dir}): "
+          f"{pretrain_seconds:.0f} s this time, its linear evaluation with all labels "
+          f"{pretrain_result.get('eval_top1', float('nan')):.2%}.")
+    markdown = format_table(table, args.settings)
+    print(markdown)
+    for setting in args.settings:
+        for name in ("pixels", "linear_eval"):
+            if name in table[setting]:
+                print(f"{setting}, {name}, draw 0: {table[setting][name]['draws'][0]:.1%}")
+    for name, count in params.items():
+        print(f"parameters of the {name} network: encoder {count['encoder']:,}, total {count['total']:,}")
+    print(f"total {total:.0f} s (pretraining {pretrain_seconds:.0f} s)")
+
+    summary = {"table": table, "pretrained": pretrained_dir, "pretrain_seconds": pretrain_seconds,
+               "pretrain_linear_eval_top1": pretrain_result.get("eval_top1"), "parameters": params,
+               "total_seconds": total, "runs": runs, "args": vars(args)}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "semi_supervised.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(args.out, "semi_supervised.md"), "w") as f:
+        f.write(markdown + "\n")
+    reached = table.get("2_per_class", {}).get("self_distill", {}).get("top1")
+    if reached is not None:
+        print(f"Fine-tuned + self-distilled with 2 labels per class: {reached:.1%} "
+              f"(target {args.target:.0%}): {'reached' if reached >= args.target else 'NOT reached'}")
+        return 0 if reached >= args.target else 3
+    return 0
+
+
+def build_pretrained_encoder(config, run_dir):
+    """The pretrained encoder of `run_dir` (its latest checkpoint), in inference mode."""
+    from simclr_tf import checkpoints
+    from simclr_tf.models.build import build_model
+
+    model = build_model(config, 0)
+    checkpoints.restore_pretrained(model, run_dir, train_mode="finetune")
+    return model.encoder
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""experiments/semi_supervised_digits.py: the table's layout, the runs' recipes, and the whole
+experiment end to end on a tiny budget (a few steps per run)."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "semi_supervised_digits.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("semi_supervised_digits", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_has_every_row_and_column_with_its_numbers():
+    ssd = _module()
+    table = {"2_per_class": {"pixels": {"top1": 0.675, "seconds": 1.2, "draws": [0.6, 0.75]},
+                             "finetune": {"top1": 0.9, "seconds": 42.0}}}
+    lines = ssd.format_table(table, ["2_per_class", "10pct"]).splitlines()
+    assert lines[0] == ("| method | 2 labels per class: top-1 | wall | 10% of labels: top-1 | wall |")
+    assert len(lines) == 2 + len(ssd.ROWS)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    assert rows["logistic regression on raw pixels"][:2] == ["67.5% (mean of 2)", "1 s"]
+    assert rows["SimCLR fine-tuned (ft_proj_selector=1)"][:2] == ["90.0%", "42 s"]
+    assert rows["SimCLR fine-tuned (ft_proj_selector=1)"][2:] == ["-", "- |"]
+
+
+def test_probe_averages_the_draws_of_the_labelled_images():
+    ssd = _module()
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 20)
+    centres = rng.normal(size=(10, 5)) * 10  # separable classes: every draw scores 100%
+    x = centres[labels] + rng.normal(size=(200, 5))
+    result = ssd.probe(x, labels, x, labels, "2_per_class", draws=3)
+    assert len(result["draws"]) == 3 and result["top1"] == pytest.approx(np.mean(result["draws"]))
+    assert result["top1"] == 1.0
+
+
+def test_recipes_of_the_trained_rows(tmp_path):
+    from simclr_tf.config import FROM_SCRATCH, Config, save_config
+
+    ssd = _module()
+    args = ssd._parse(["--out", str(tmp_path)])
+    pretrain = ssd.pretrain_config(args)
+    assert pretrain.model.num_proj_layers == 3
+    save_config(pretrain, str(tmp_path / "pretrain"))
+    configs = ssd.run_configs(args, str(tmp_path / "pretrain"), "2_per_class")
+    assert set(configs) == {"scratch", "finetune", "self_distill", "small_distill"}
+    for config in configs.values():
+        config.resolved().validate()
+        assert config.data.train_labels_per_class == 2
+    finetune = configs["finetune"]
+    assert finetune.model.ft_proj_selector == 1 and finetune.train.train_mode == "finetune"
+    assert finetune.train.checkpoint == str(tmp_path / "pretrain")
+    assert configs["scratch"].train.checkpoint == FROM_SCRATCH
+    assert configs["scratch"].model == finetune.model  # the same network, from random weights
+    for name in ("self_distill", "small_distill"):
+        assert configs[name].train.teacher == finetune.train.model_dir
+        assert configs[name].train.train_mode == "distill"
+    assert configs["self_distill"].model.resnet_depth == finetune.model.resnet_depth == 18
+    assert configs["small_distill"].model.resnet_depth == 10
+    small, big = (ssd.parameter_counts(configs[n]) for n in ("small_distill", "finetune"))
+    assert small["encoder"] < big["encoder"] / 2
+    ten_pct = ssd.run_configs(args, str(tmp_path / "pretrain"), "10pct")["finetune"]
+    assert ten_pct.data.train_label_fraction == 0.1 and ten_pct.data.train_labels_per_class == 0
+    assert Config().model.num_proj_layers == 2  # the quickstart itself is unchanged
+
+
+@pytest.mark.slow
+def test_the_experiment_end_to_end_on_a_tiny_budget(tmp_path):
+    out = tmp_path / "ssd"
+    command = [sys.executable, str(SCRIPT), "--out", str(out), "--pretrain_steps=2", "--finetune_steps=2",
+               "--scratch_steps=2", "--distill_steps=2", "--draws=2", "--target=0"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "semi_supervised.json").read_text())
+    table = summary["table"]
+    assert set(table) == {"2_per_class", "10pct"}
+    for column in table.values():
+        assert set(column) == {"pixels", "scratch", "linear_eval", "finetune", "self_distill",
+                               "small_distill"}
+        for entry in column.values():
+            assert 0.0 <= entry["top1"] <= 1.0 and entry["seconds"] > 0
+        for name in ("pixels", "linear_eval"):
+            assert len(column[name]["draws"]) == 2
+        # 360 held-out digits: every accuracy is a whole number of them
+        for entry in column.values():
+            for value in entry.get("draws", [entry["top1"]]):
+                assert value * 360 == pytest.approx(round(value * 360), abs=1e-3)
+    markdown = (out / "semi_supervised.md").read_text()
+    assert markdown.count("\n") == 2 + 6 and "SimCLR linear evaluation" in markdown
+    assert "| method |" in done.stdout and "total" in done.stdout
+    assert summary["parameters"]["small_distill"]["encoder"] < summary["parameters"]["finetune"]["encoder"]
+    for name in ("finetune", "self_distill", "small_distill"):
+        assert (out / "2_per_class" / name / "result.json").exists()
