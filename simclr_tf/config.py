@@ -323,12 +323,24 @@ class LossConfig:
         contrastive_loss: `nt_xent` (SimCLR's), `nt_logistic` or `margin_triplet` (the paper's
             Table 2; `simclr_tf.losses`).
         margin: the margin of `margin_triplet`, in units of the similarity.
+        semi_hard_negatives: score each query against its semi-hard negative only (the most
+            similar negative less similar than the positive; the paper's "sh" rows of Table 2), for
+            `nt_logistic` and `margin_triplet`.
+        memory_buffer_size: keys in SimCLRv2's memory buffer (after MoCo): projections of past
+            batches by a momentum copy of encoder and projection head, extra negatives of NT-Xent
+            while pretraining. 0 (the default) turns it off. Any size works (the queue wraps
+            around); a step adds `2 * train_batch_size` keys. `simclr_tf.models.memory`.
+        memory_momentum: rate m of the momentum network's moving average of the online weights
+            (`w <- m * w + (1 - m) * online` after each step); MoCo and SimCLRv2 use 0.999.
     """
 
     temperature: float = 0.5
     hidden_norm: bool = True
     contrastive_loss: str = "nt_xent"
     margin: float = 0.5
+    semi_hard_negatives: bool = False
+    memory_buffer_size: int = 0
+    memory_momentum: float = 0.999
 
     def validate(self) -> None:
         _check(
@@ -339,6 +351,31 @@ class LossConfig:
         )
         _one_of("contrastive_loss", self.contrastive_loss, CONTRASTIVE_LOSSES)
         _positive("margin", self.margin, allow_zero=True)
+        _check(
+            not self.semi_hard_negatives or self.contrastive_loss in ("nt_logistic", "margin_triplet"),
+            "`semi_hard_negatives` applies to `contrastive_loss` nt_logistic or margin_triplet (the "
+            "paper's 'sh' rows; NT-Xent weighs its negatives by hardness already). Received: "
+            f"contrastive_loss={self.contrastive_loss!r}: pass --nosemi_hard_negatives or choose one "
+            "of those.",
+        )
+        _check(
+            isinstance(self.memory_buffer_size, int) and not isinstance(self.memory_buffer_size, bool)
+            and self.memory_buffer_size >= 0,
+            "`memory_buffer_size` must be a non-negative integer (keys in the queue; 0 turns the memory "
+            f"buffer off). Received: {self.memory_buffer_size!r}.",
+        )
+        _check(
+            isinstance(self.memory_momentum, (int, float)) and 0.0 <= self.memory_momentum < 1.0,
+            f"`memory_momentum` must be in [0, 1) (MoCo and SimCLRv2 use 0.999). Received: "
+            f"{self.memory_momentum!r}.",
+        )
+        _check(
+            not self.memory_buffer_size or self.contrastive_loss == "nt_xent",
+            "The memory buffer adds negatives to NT-Xent: `memory_buffer_size` needs "
+            f"`contrastive_loss=nt_xent`. Received: contrastive_loss={self.contrastive_loss!r}, "
+            f"memory_buffer_size={self.memory_buffer_size}. Pass --memory_buffer_size=0 or "
+            "--contrastive_loss=nt_xent.",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,6 +585,13 @@ class Config:
         for part in (self.data, self.augment, self.model, self.loss, self.optimizer, self.train,
                      self.runtime):
             part.validate()
+        _check(
+            not self.loss.memory_buffer_size or self.train.train_mode == "pretrain",
+            "The memory buffer is part of contrastive pretraining: `memory_buffer_size` needs "
+            f"`train_mode=pretrain`. Received: train_mode={self.train.train_mode!r}, memory_buffer_size="
+            f"{self.loss.memory_buffer_size}. Pass --memory_buffer_size=0 (a fine-tuned or distilled "
+            "model has no buffer; the pretrained weights load without it).",
+        )
         if self.train.fine_tune_after_block >= 0:
             _check(
                 self.train.train_mode == "finetune",

@@ -85,6 +85,13 @@ _FLAG_SPECS = [
     ("contrastive_loss", "loss", "contrastive_loss", str,
      "nt_xent (SimCLR), nt_logistic or margin_triplet (the paper's Table 2)."),
     ("margin", "loss", "margin", float, "Margin of --contrastive_loss=margin_triplet."),
+    ("semi_hard_negatives", "loss", "semi_hard_negatives", bool,
+     "Semi-hard negative mining for nt_logistic and margin_triplet (the paper's Table 2 'sh')."),
+    ("memory_buffer_size", "loss", "memory_buffer_size", int,
+     "SimCLRv2's memory buffer: keys of past batches (from a momentum copy of the network) kept as "
+     "extra NT-Xent negatives while pretraining; 0 turns it off. Costs about a third more compute."),
+    ("memory_momentum", "loss", "memory_momentum", float,
+     "Moving-average rate of the memory buffer's momentum network (MoCo, SimCLRv2: 0.999)."),
     # optimizer
     ("optimizer", "optimizer", "optimizer", str, "lars, momentum or adam."),
     ("learning_rate", "optimizer", "learning_rate", float, "Base learning rate."),

@@ -52,8 +52,11 @@ def build_model(config: Config, num_classes: int, *, encoder=None, fused_batch_n
         hidden_norm=config.loss.hidden_norm,
         contrastive_loss=config.loss.contrastive_loss,
         margin=config.loss.margin,
+        semi_hard_negatives=config.loss.semi_hard_negatives,
         optimizer_name=config.optimizer.optimizer,
         weight_decay=config.optimizer.weight_decay,
+        memory_buffer_size=config.loss.memory_buffer_size,
+        memory_momentum=config.loss.memory_momentum,
         name="simclr",
     )
     size = image_size or config.image_size

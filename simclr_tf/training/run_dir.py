@@ -102,6 +102,7 @@ _WEIGHT_FLAGS = {
     "model": ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio", "cifar_stem",
               "proj_head_mode", "proj_out_dim", "num_proj_layers", "num_classes"),
     "optimizer": ("optimizer",),
+    "loss": ("memory_buffer_size",),  # the queue's shape, and the momentum network
 }
 # The flags a resumed run must keep: with others the data order, the augmentation and the
 # schedule would change mid-run without a word.
@@ -121,18 +122,34 @@ def _differences(old, new, fields) -> list[str]:
             if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)]
 
 
+def _check_fine_tuning_start(config, model_dir: str) -> None:
+    """Fine-tuning that would start from random weights by accident stops here, saying what to do."""
+    train = config.train
+    if train.train_mode != "finetune" or train.mode == "eval" or train.checkpoint:
+        return  # a checkpoint to start from, or `none`: from random weights on purpose
+    raise ConfigError(
+        f"`train_mode=finetune` needs weights to start from, and there are none: no --checkpoint, "
+        f"and `model_dir` {model_dir!r} holds no checkpoint to resume. Pass --checkpoint=<a "
+        "pretraining run's model_dir or checkpoint, or an original SimCLR SavedModel or "
+        "checkpoint>, or --checkpoint=none to train from random weights on purpose (a supervised "
+        "baseline trained from scratch on the labels only). Nothing was written."
+    )
+
+
 def check_resumable(config, model_dir: str, num_classes=None) -> None:
     """Stops a run that cannot resume the checkpoints in model_dir, before it writes anything.
 
     Compares the config with the model_dir's `config.json` on the flags that shape the weights,
     and the supervised head's classes (`num_classes()`, called only when there is a checkpoint)
-    with the newest checkpoint's.
+    with the newest checkpoint's. Without a checkpoint to resume, fine-tuning needs `--checkpoint`
+    (`none`: from random weights on purpose).
 
     Raises:
         ConfigError: naming each differing flag with its value in the run and now, and what to do.
     """
     latest = checkpoints.latest_checkpoint(model_dir)
     if latest is None:
+        _check_fine_tuning_start(config, model_dir)
         return
     what_to_do = (f"Use the flags of the run that wrote them, or pass another --model_dir (with "
                   f"--checkpoint={model_dir} to start from its weights).")
