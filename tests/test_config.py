@@ -53,6 +53,9 @@ def test_defaults_validate():
         (Config(optimizer=OptimizerConfig(warmup_epochs=30.0), train=TrainConfig(train_epochs=20)),
          r"`warmup_epochs` \(30.0\) is longer than the run"),
         (Config(data=DataConfig(image_size=100000)), r"`image_size` \(100000\) is larger than 2048 px"),
+        (Config(loss=LossConfig(semi_hard_negatives=True)),
+         r"`semi_hard_negatives` applies to `contrastive_loss` nt_logistic or margin_triplet.*"
+         r"Received: contrastive_loss='nt_xent'"),
     ],
 )
 def test_invalid_values_say_what_to_fix(config, match):

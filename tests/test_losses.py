@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.losses import contrastive_loss, margin_triplet, nt_logistic, nt_xent
+from simclr_tf.losses import contrastive_loss, margin_triplet, nt_logistic, nt_xent, semi_hard_negative_mask
 
 
 def reference_nt_xent(z_1, z_2, temperature, normalize):
@@ -236,23 +236,43 @@ def _reference_pairs(z_1, z_2, normalize):
         yield z[i], z[positive], [z[k] for k in negatives]
 
 
-def reference_nt_logistic(z_1, z_2, temperature, normalize):
+def _reference_semi_hard(u, v_pos, v_negs):
+    """FaceNet's semi-hard negative of query u, as a one-element list (see `semi_hard_negative_mask`).
+
+    The most similar of the negatives less similar than the positive; if there is none, the least
+    similar negative.
+    """
+    if not v_negs:
+        return []
+    sims = [u @ v for v in v_negs]
+    candidates = [k for k, s in enumerate(sims) if s < u @ v_pos]
+    if candidates:
+        return [v_negs[max(candidates, key=lambda k: sims[k])]]
+    return [v_negs[min(range(len(sims)), key=lambda k: sims[k])]]
+
+
+def _reference_queries(z_1, z_2, normalize, semi_hard):
+    for u, v_pos, v_negs in _reference_pairs(z_1, z_2, normalize):
+        yield u, v_pos, _reference_semi_hard(u, v_pos, v_negs) if semi_hard else v_negs
+
+
+def reference_nt_logistic(z_1, z_2, temperature, normalize, semi_hard=False):
     """-log sigmoid(u.v+ / t) - mean over v- of log sigmoid(-u.v- / t), summed over the 2N queries / N."""
     def log_sigmoid(x):
         return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
     total = 0.0
-    for u, v_pos, v_negs in _reference_pairs(z_1, z_2, normalize):
+    for u, v_pos, v_negs in _reference_queries(z_1, z_2, normalize, semi_hard):
         total -= log_sigmoid(u @ v_pos / temperature)
         if v_negs:
             total -= sum(log_sigmoid(-(u @ v) / temperature) for v in v_negs) / len(v_negs)
     return total / len(z_1)
 
 
-def reference_margin_triplet(z_1, z_2, margin, normalize):
+def reference_margin_triplet(z_1, z_2, margin, normalize, semi_hard=False):
     """Mean over v- of max(u.v- - u.v+ + m, 0), summed over the 2N queries / N."""
     total = 0.0
-    for u, v_pos, v_negs in _reference_pairs(z_1, z_2, normalize):
+    for u, v_pos, v_negs in _reference_queries(z_1, z_2, normalize, semi_hard):
         if v_negs:
             total += sum(max(u @ v - u @ v_pos + margin, 0.0) for v in v_negs) / len(v_negs)
     return total / len(z_1)
@@ -278,6 +298,60 @@ def test_margin_triplet_matches_its_formula(n, d, normalize, margin):
     loss, _, _ = margin_triplet(z_1, z_2, margin=margin, normalize=normalize)
     np.testing.assert_allclose(loss.numpy(), reference_margin_triplet(z_1, z_2, margin, normalize),
                                rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("n, d, normalize", VARIANT_GRID)
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_logistic_with_semi_hard_negatives_matches_its_formula(n, d, normalize, temperature):
+    z_1, z_2 = _pair(n, d, seed=n * 100 + d + 2)
+    loss, _, _ = nt_logistic(z_1, z_2, temperature=temperature, normalize=normalize, semi_hard_negatives=True)
+    expected = reference_nt_logistic(z_1, z_2, temperature, normalize, semi_hard=True)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("n, d, normalize", VARIANT_GRID)
+@pytest.mark.parametrize("margin", [0.0, 0.5, 2.0])
+def test_margin_triplet_with_semi_hard_negatives_matches_its_formula(n, d, normalize, margin):
+    z_1, z_2 = _pair(n, d, seed=n * 100 + d + 3)
+    loss, _, _ = margin_triplet(z_1, z_2, margin=margin, normalize=normalize, semi_hard_negatives=True)
+    expected = reference_margin_triplet(z_1, z_2, margin, normalize, semi_hard=True)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_semi_hard_negatives_by_hand():
+    """One query row of similarities: positive 0.5; negatives 0.9 (harder), 0.4 and -0.2 (semi-hard)."""
+    logits = tf.constant([[0.5, 0.9, 0.4, -0.2, 0.3]])
+    labels = tf.constant([[1.0, 0.0, 0.0, 0.0, 0.0]])
+    exclude = tf.constant([[False, False, False, False, True]])  # the self-similarity (0.3) is no negative
+    got = semi_hard_negative_mask(logits, labels, exclude).numpy()
+    np.testing.assert_array_equal(got, [[False, False, True, False, False]])  # 0.4: the hardest below 0.5
+    # No negative less similar than the positive: the least similar negative (0.6) is kept.
+    logits = tf.constant([[0.5, 0.9, 0.6, 0.7, 0.3]])
+    got = semi_hard_negative_mask(logits, labels, exclude).numpy()
+    np.testing.assert_array_equal(got, [[False, False, True, False, False]])
+    # Margin triplet on two samples with orthonormal views: each query's only negative is semi-hard
+    # (similarity 0 < 1), so mining changes nothing; with four samples it keeps one of three.
+    z_1 = np.eye(4, dtype=np.float32)[:2]
+    full, _, _ = margin_triplet(z_1, z_1, margin=1.5)
+    mined, _, _ = margin_triplet(z_1, z_1, margin=1.5, semi_hard_negatives=True)
+    np.testing.assert_allclose(mined.numpy(), full.numpy(), rtol=1e-6)
+    z_1 = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)  # sims 0.6, 0, 0.8 between rows
+    z_2 = z_1.copy()
+    mined, _, _ = margin_triplet(z_1, z_2, margin=0.5, semi_hard_negatives=True)
+    # Query row 0: positive 1; negatives 0.6, 0 (other view) and 0.6, 0 (same view): keeps a 0.6,
+    # hinge 0.6 - 1 + 0.5 = 0.1. Row 1: negatives 0.6, 0.8: keeps 0.8, hinge 0.3. Row 2: keeps 0.8,
+    # hinge 0.3. Both views alike, so the loss is 2 * (0.1 + 0.3 + 0.3) / 3.
+    np.testing.assert_allclose(mined.numpy(), 2 * 0.7 / 3, rtol=1e-5)
+
+
+def test_semi_hard_negatives_only_for_the_losses_that_use_them():
+    z_1, z_2 = _pair(4, 8, seed=5)
+    with pytest.raises(ValueError, match=r"`semi_hard_negatives` applies to 'nt_logistic' and "
+                                         r"'margin_triplet'.*turn it off for 'nt_xent'"):
+        contrastive_loss("nt_xent", z_1, z_2, semi_hard_negatives=True)
+    got = contrastive_loss("margin_triplet", z_1, z_2, margin=0.3, semi_hard_negatives=True)[0]
+    expected = margin_triplet(z_1, z_2, 0.3, semi_hard_negatives=True)[0]
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
 
 
 def test_variants_by_hand():
@@ -318,17 +392,19 @@ rng = np.random.default_rng(0)
 x_1, x_2 = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(2))
 w0 = rng.normal(size=(6, 5)).astype(np.float32)
 out = {}
-for name in ("nt_xent", "nt_logistic", "margin_triplet"):
+variants = [(name, False) for name in ("nt_xent", "nt_logistic", "margin_triplet")]
+for name, sh in variants + [("nt_logistic", True), ("margin_triplet", True)]:
+    kwargs = dict(temperature=0.3, margin=0.4, semi_hard_negatives=sh)
     w = tf.Variable(w0)
     with tf.GradientTape() as tape:
-        single, _, _ = contrastive_loss(name, x_1 @ w, x_2 @ w, temperature=0.3, margin=0.4)
+        single, _, _ = contrastive_loss(name, x_1 @ w, x_2 @ w, **kwargs)
     single_grad = tape.gradient(single, w).numpy()
     with strategy.scope():
         wd = tf.Variable(w0)
 
     def step(a, b):
         with tf.GradientTape() as tape:
-            loss, _, _ = contrastive_loss(name, a @ wd, b @ wd, temperature=0.3, margin=0.4)
+            loss, _, _ = contrastive_loss(name, a @ wd, b @ wd, **kwargs)
             scaled = loss / 2.0
         return loss, tape.gradient(scaled, wd)
 
@@ -337,7 +413,8 @@ for name in ("nt_xent", "nt_logistic", "margin_triplet"):
     losses, grads = strategy.run(tf.function(step), (shard(x_1), shard(x_2)))
     mean_loss = float(strategy.reduce("MEAN", losses, axis=None))
     grad = strategy.reduce("SUM", grads, axis=None).numpy()
-    out[name] = [abs(mean_loss - float(single)), float(np.abs(grad - single_grad).max()), float(single)]
+    out[name + ("+sh" if sh else "")] = [abs(mean_loss - float(single)),
+                                         float(np.abs(grad - single_grad).max()), float(single)]
 print(json.dumps(out))
 """
 

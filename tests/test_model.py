@@ -224,19 +224,21 @@ def test_mixed_precision_step_matches_float32(policy):
     np.testing.assert_allclose(np.linalg.norm(update), np.linalg.norm(reference_update), rtol=0.05)
 
 
-@pytest.mark.parametrize("loss_name", ["nt_logistic", "margin_triplet"])
-def test_pretrain_steps_with_a_loss_variant_lower_that_loss(loss_name):
+@pytest.mark.parametrize("loss_name, semi_hard", [("nt_logistic", False), ("margin_triplet", False),
+                                                  ("margin_triplet", True)])
+def test_pretrain_steps_with_a_loss_variant_lower_that_loss(loss_name, semi_hard):
     from simclr_tf.losses import contrastive_loss
 
     keras.utils.set_random_seed(3)
-    model = _compile(_model(num_classes=0, contrastive_loss=loss_name, margin=0.5))
+    model = _compile(_model(num_classes=0, contrastive_loss=loss_name, margin=0.5,
+                            semi_hard_negatives=semi_hard))
     data = _views()
     (view_1, view_2), _ = data
 
     def loss(training):
         z = model(tf.concat([view_1, view_2], 0), training=training)["proj_head_output"]
         return float(contrastive_loss(loss_name, z[:8], z[8:], temperature=model.temperature,
-                                      margin=0.5)[0])
+                                      margin=0.5, semi_hard_negatives=semi_hard)[0])
 
     before = loss(True)  # the step's metric is the loss of the weights before it
     first = model.train_step(data)
@@ -244,6 +246,9 @@ def test_pretrain_steps_with_a_loss_variant_lower_that_loss(loss_name):
     for _ in range(5):
         model.train_step(data)
     assert before > 0 and loss(True) < before
-    assert SimCLRModel.from_config(model.get_config()).contrastive_loss == loss_name
+    rebuilt = SimCLRModel.from_config(model.get_config())
+    assert (rebuilt.contrastive_loss, rebuilt.semi_hard_negatives) == (loss_name, semi_hard)
     with pytest.raises(ValueError, match=r"`contrastive_loss` must be one of .*Received: 'xent'"):
         SimCLRModel(contrastive_loss="xent")
+    with pytest.raises(ValueError, match=r"`semi_hard_negatives` applies to .*contrastive_loss=.nt_xent."):
+        SimCLRModel(semi_hard_negatives=True)
