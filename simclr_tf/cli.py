@@ -4,6 +4,7 @@
     simclr-tf export --model_dir D   export a run's encoder (python -m simclr_tf.export)
     simclr-tf preview --image F      see the augmentations (python -m simclr_tf.preview)
     simclr-tf convert SRC --model_dir D   an original SimCLR model as a run (python -m simclr_tf.convert)
+    simclr-tf study RECIPE.flags     a grid of short runs and its picture (python -m simclr_tf.study)
 
 Installed by `pip install .` (see pyproject.toml), so it works from any directory.
 """
@@ -19,6 +20,7 @@ COMMANDS = {
     "export": ("simclr_tf.export.__main__", "export a run's encoder as a SavedModel and .keras file"),
     "preview": ("simclr_tf.preview", "draw a grid of augmented views of an image"),
     "convert": ("simclr_tf.convert.__main__", "convert an original SimCLR SavedModel or checkpoint"),
+    "study": ("simclr_tf.study", "run a grid of short runs (a recipe: experiments/studies/) and its picture"),
 }
 
 

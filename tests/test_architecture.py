@@ -22,7 +22,7 @@ LAYERS = [
     {"checkpoints", "evaluation", "export"},
     {"convert"},  # reads the original code's files into checkpoints and exports
     {"training"},
-    {"run", "cli", "preview", "export.__main__", "convert.__main__"},  # the command-line tools
+    {"run", "cli", "preview", "study", "export.__main__", "convert.__main__"},  # the command-line tools
 ]
 CLI = LAYERS[-1]
 MAX_LINES = 450

@@ -33,7 +33,7 @@ def outside(tmp_path_factory):
 def test_console_command_lists_its_tools(outside):
     done = _run([str(COMMAND), "--help"], outside)
     assert done.returncode == 0, done.stderr
-    for name in ("run", "export", "preview"):
+    for name in ("run", "export", "preview", "study"):
         assert f"  {name} " in done.stdout
     wrong = _run([str(COMMAND), "trian"], outside)
     assert wrong.returncode == 2 and "unknown command 'trian'" in wrong.stderr
