@@ -212,7 +212,7 @@ def test_teacher_then_student_then_eval(tmp_path):
     from simclr_tf.training import distill, train
 
     teacher_dir = str(tmp_path / "teacher")
-    teacher_config = _tiny_config(teacher_dir, train_mode="finetune")
+    teacher_config = _tiny_config(teacher_dir, train_mode="finetune", checkpoint="none")
     teacher_config = dataclasses.replace(teacher_config, model=dataclasses.replace(
         teacher_config.model, num_proj_layers=3, ft_proj_selector=1))
     taught = train(teacher_config)

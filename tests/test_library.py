@@ -179,7 +179,7 @@ def test_checkpoints_keep_the_object_names_of_earlier_versions(tmp_path):
             data=DataConfig(dataset="synthetic", image_size=32, synthetic_examples=64),
             model=ModelConfig(resnet_depth=50, sk_ratio=0.0625, num_proj_layers=3, ft_proj_selector=1),
             train=TrainConfig(train_batch_size=8, train_steps=1, linear_eval_epochs=0, mode="train",
-                              train_mode="finetune", model_dir=str(tmp_path / "b"))),
+                              train_mode="finetune", checkpoint="none", model_dir=str(tmp_path / "b"))),
     }
     for name, config in cases.items():
         simclr_tf.train(config)

@@ -114,9 +114,11 @@ def fit(config: Config, strategy) -> dict:
         model, optimizer, train.model_dir, max_to_keep=train.keep_checkpoint_max, chief=chief
     )
     start_step = saver.restore_latest()
-    if start_step == 0 and train.checkpoint:
-        convert.restore_pretrained(model, train.checkpoint, train_mode=train.train_mode)
-        print(f"Initialised from the checkpoint {train.checkpoint}.", flush=True)
+    if start_step == 0 and train.init_checkpoint:
+        convert.restore_pretrained(model, train.init_checkpoint, train_mode=train.train_mode)
+        print(f"Initialised from the checkpoint {train.init_checkpoint}.", flush=True)
+    elif start_step == 0 and train.train_mode == "finetune":
+        print("Fine-tuning from random weights (--checkpoint=none).", flush=True)
     if start_step:
         print(f"Resuming from {saver.latest} at step {start_step}.", flush=True)
 
@@ -186,12 +188,12 @@ def _restore_for_eval(config: Config, strategy, num_classes: int):
     saver = checkpoints.CheckpointSaver(model, None, train.model_dir, max_to_keep=1, chief=False)
     step = saver.restore_latest(model_only=True)
     if step == 0:
-        if not train.checkpoint:
+        if not train.init_checkpoint:
             raise FileNotFoundError(
                 f"Nothing to evaluate: no checkpoint in {train.model_dir} and no --checkpoint. "
                 "Train first (--mode=train_then_eval) or point --checkpoint at one."
             )
-        convert.restore_pretrained(model, train.checkpoint, train_mode="eval")
+        convert.restore_pretrained(model, train.init_checkpoint, train_mode="eval")
     return model, step
 
 

@@ -1,0 +1,68 @@
+"""Issue 18, the rest of its list: fine-tuning from random weights only on purpose, image folders with
+odd file names and unreadable class folders, a checkpoint every N minutes, and SIGTERM / Ctrl-C
+outside the training loop. Real processes where the case is about processes, as in
+tests/test_no_lost_work.py."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from simclr_tf.config import Config, ConfigError, DataConfig, TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset=synthetic", "--synthetic_examples=64", "--image_size=16", "--train_batch_size=16",
+        "--linear_eval_epochs=0", "--mode=train"]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+
+
+def _train_command(model_dir, *extra, steps=2):
+    return [sys.executable, "-m", "simclr_tf.run", *TINY, f"--train_steps={steps}",
+            f"--model_dir={model_dir}", *extra]
+
+
+def _run(command, timeout=600):
+    return subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+# --- fine-tuning needs weights to start from, or says `none` ---------------------------------------
+
+def _finetune_config(model_dir, **train):
+    return Config(
+        data=DataConfig(dataset="synthetic", synthetic_examples=64, image_size=16),
+        train=TrainConfig(model_dir=str(model_dir), train_mode="finetune", train_steps=2,
+                          train_batch_size=16, mode="train", linear_eval_epochs=0, **train),
+    )
+
+
+def test_finetune_without_a_checkpoint_stops_before_any_work(tmp_path):
+    from simclr_tf.training import train
+
+    with pytest.raises(ConfigError, match=r"`train_mode=finetune` needs weights to start from.*"
+                                          r"--checkpoint=none to train from random weights on purpose"):
+        train(_finetune_config(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "config.json")
+    assert not [n for n in os.listdir(tmp_path / "run") if n.startswith("ckpt")]
+
+
+def test_finetune_from_scratch_on_purpose_trains_and_resumes(tmp_path):
+    model_dir = tmp_path / "run"
+    done = _run(_train_command(model_dir, "--train_mode=finetune", "--checkpoint=none"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Fine-tuning from random weights (--checkpoint=none)." in done.stdout
+    # The CLI says the same as the library when the opt-in is missing, with its exit code.
+    other = _run(_train_command(tmp_path / "other", "--train_mode=finetune"))
+    assert other.returncode == 1
+    assert "error: `train_mode=finetune` needs weights to start from" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_init_checkpoint_reads_none_as_no_checkpoint():
+    assert TrainConfig(checkpoint="none").init_checkpoint is None
+    assert TrainConfig(checkpoint="").init_checkpoint is None
+    assert TrainConfig(checkpoint="runs/a").init_checkpoint == "runs/a"
+    assert TrainConfig().init_checkpoint is None
