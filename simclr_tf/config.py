@@ -426,6 +426,9 @@ class TrainConfig:
         train_epochs / train_steps: length of training; `train_steps > 0` wins.
         eval_steps: evaluation batches; 0 evaluates the whole split.
         checkpoint_epochs / checkpoint_steps: checkpoint period; `checkpoint_steps > 0` wins.
+        checkpoint_minutes: also a checkpoint when this many minutes passed since the last one
+            (0 disables), so that a run with long epochs loses at most that much to a crash or a
+            preemption without notice. Off with several workers (they would have to agree when).
         keep_checkpoint_max: checkpoints kept.
         keep_hub_module_max: exported SavedModels kept.
         model_dir: where checkpoints, logs, results and exports go.
@@ -471,6 +474,7 @@ class TrainConfig:
     eval_steps: int = 0
     checkpoint_epochs: int = 1
     checkpoint_steps: int = 0
+    checkpoint_minutes: float = 30.0
     keep_checkpoint_max: int = 5
     keep_hub_module_max: int = 1
     model_dir: str = "runs/digits_quickstart"
@@ -532,6 +536,12 @@ class TrainConfig:
             "Training needs `train_epochs > 0` or `train_steps > 0`.",
         )
         _check(bool(self.model_dir), "`model_dir` must be a directory path.")
+        _check(
+            isinstance(self.checkpoint_minutes, (int, float)) and math.isfinite(self.checkpoint_minutes)
+            and self.checkpoint_minutes >= 0,
+            "`checkpoint_minutes` must be a non-negative number of minutes (0 disables the timed "
+            f"checkpoints). Received: {self.checkpoint_minutes!r}.",
+        )
         _positive("linear_eval_learning_rate", self.linear_eval_learning_rate)
         _check(
             self.train_steps == 0 or self.steps_per_execution <= self.train_steps,

@@ -117,6 +117,8 @@ _FLAG_SPECS = [
     ("checkpoint_epochs", "train", "checkpoint_epochs", int, "Checkpoint every this many epochs."),
     ("checkpoint_steps", "train", "checkpoint_steps", int,
      "Checkpoint every this many steps; overrides checkpoint_epochs if > 0."),
+    ("checkpoint_minutes", "train", "checkpoint_minutes", float,
+     "Also checkpoint when this many minutes passed since the last checkpoint; 0 disables."),
     ("keep_checkpoint_max", "train", "keep_checkpoint_max", int, "Checkpoints kept."),
     ("keep_hub_module_max", "train", "keep_hub_module_max", int, "Exported SavedModels kept."),
     ("model_dir", "train", "model_dir", str,

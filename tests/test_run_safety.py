@@ -66,3 +66,58 @@ def test_init_checkpoint_reads_none_as_no_checkpoint():
     assert TrainConfig(checkpoint="").init_checkpoint is None
     assert TrainConfig(checkpoint="runs/a").init_checkpoint == "runs/a"
     assert TrainConfig().init_checkpoint is None
+
+
+# --- a checkpoint every N minutes as well as every N steps ----------------------------------------
+
+class _Clock:
+    """A fake monotonic clock: the test moves it, nothing sleeps."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _saved_steps(model_dir):
+    import tensorflow as tf
+
+    state = tf.train.get_checkpoint_state(str(model_dir))
+    return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] if state else []
+
+
+@pytest.mark.parametrize("every_minutes, expected", [
+    (30, [3, 6, 8, 11]),  # 10 minutes a step: every third step, the step period at 8 restarts it
+    (0, [8]),  # off: the step period alone
+])
+def test_checkpoint_every_n_minutes_with_a_fake_clock(tmp_path, every_minutes, expected):
+    import keras
+
+    from simclr_tf import checkpoints
+    from simclr_tf.training.callbacks import Checkpointer
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    saver = checkpoints.CheckpointSaver(model, model.optimizer, str(tmp_path), max_to_keep=10)
+    clock = _Clock()
+    callback = Checkpointer(saver, every_steps=8, every_minutes=every_minutes, clock=clock)
+    callback.set_model(model)
+    callback.on_train_begin()
+    for step in range(1, 12):
+        clock.now += 600  # ten minutes per step
+        model.optimizer.iterations.assign(step)
+        callback.on_train_batch_end(step - 1)
+    assert _saved_steps(tmp_path) == expected
+    assert not [n for n in os.listdir(tmp_path) if "temp" in n]  # each save complete
+
+
+def test_checkpoint_minutes_is_validated_and_has_a_flag():
+    from simclr_tf import run
+
+    assert TrainConfig().checkpoint_minutes == 30.0
+    assert run.flag_default("train", "checkpoint_minutes") == 30.0
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match=r"`checkpoint_minutes` must be a non-negative number.*"
+                                              rf"Received: {bad!r}"):
+            TrainConfig(checkpoint_minutes=bad).validate()

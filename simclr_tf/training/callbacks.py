@@ -107,29 +107,51 @@ class SignalStop:
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Saves `ckpt-<step>` every `every_steps` steps and at the end of training, and at once (then
-    stops training) when `stop` (a `SignalStop`) has received SIGTERM or Ctrl-C."""
+    """Saves `ckpt-<step>` every `every_steps` steps, when `every_minutes` minutes passed since the
+    last save, and at the end of training; and at once (then stops training) when `stop` (a
+    `SignalStop`) has received SIGTERM or Ctrl-C. Every save goes through the same
+    `CheckpointSaver` (atomic: the `checkpoint` index names a checkpoint only once it is complete).
 
-    def __init__(self, manager: checkpoints.CheckpointSaver, every_steps: int, stop=None):
+    Args:
+        manager: checkpoints.CheckpointSaver. Writes the checkpoints.
+        every_steps: int. Step period.
+        stop: SignalStop or None.
+        every_minutes: float. Time period in minutes, counted from the start of training and from
+            each save; 0 disables it. Defaults to `0`.
+        clock: callable returning seconds (monotonic). Defaults to `time.monotonic`; tests pass a
+            fake one.
+    """
+
+    def __init__(self, manager: checkpoints.CheckpointSaver, every_steps: int, stop=None, *,
+                 every_minutes: float = 0.0, clock=time.monotonic):
         super().__init__()
         self.manager = manager
         self.every_steps = max(1, every_steps)
         self.stop = stop
+        self.every_minutes = every_minutes
+        self.clock = clock
         self.last_saved = -1
+        self.last_saved_time = 0.0
 
     def _save(self):
         step = _step(self.model)
         if step != self.last_saved:
             self.manager.save(step)
             self.last_saved = step
+        self.last_saved_time = self.clock()
+
+    def _time_is_up(self) -> bool:
+        return self.every_minutes > 0 and self.clock() - self.last_saved_time >= 60 * self.every_minutes
 
     def on_train_begin(self, logs=None):
         self.last_saved = _step(self.model)
+        self.last_saved_time = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
         step = _step(self.model)
         stopping = self.stop is not None and self.stop.received is not None
-        if stopping or step - self.last_saved >= self.every_steps or step % self.every_steps == 0:
+        if (stopping or step - self.last_saved >= self.every_steps or step % self.every_steps == 0
+                or self._time_is_up()):
             self._save()
         if stopping:
             self.model.stop_training = True

@@ -142,8 +142,10 @@ def fit(config: Config, strategy) -> dict:
     # SIGTERM (a scheduler's notice before preemption) and Ctrl-C save the current step and stop;
     # with several workers every one must take part in a save, so there a signal ends at once.
     stop = cbs.SignalStop(enabled=not is_multi_worker(strategy))
+    # Timed saves only where one process decides: workers would have to agree on the moment.
+    checkpoint_minutes = 0.0 if is_multi_worker(strategy) else train.checkpoint_minutes
     callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps),
-                 cbs.Checkpointer(saver, checkpoint_every, stop=stop)]
+                 cbs.Checkpointer(saver, checkpoint_every, stop=stop, every_minutes=checkpoint_minutes)]
     if chief and train.knn_every_epochs > 0 and train.train_mode == "pretrain":
         monitor = cbs.knn_monitor(config, splits, log_dir)
         if monitor is not None:
