@@ -311,7 +311,12 @@ def _worker(argv: Sequence[str]) -> None:
 
     def serve(request: dict) -> dict:
         if request["op"] == "versions":
-            return {"tensorflow": tf.__version__, "tf_keras": tf.keras.__version__,
+            import tf_keras
+
+            if not tf.keras.__name__.startswith("tf_keras"):
+                raise RuntimeError(f"tf.keras is {tf.keras.__name__}, not tf-keras: is TF_USE_LEGACY_KERAS "
+                                   "unset?")
+            return {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
                     "replicas": strategy.num_replicas_in_sync}
         key = (request["depth"], request["xla"])
         if request["op"] == "build":
