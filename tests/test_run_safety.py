@@ -49,7 +49,8 @@ def test_finetune_without_a_checkpoint_stops_before_any_work(tmp_path):
     assert not [n for n in os.listdir(tmp_path / "run") if n.startswith("ckpt")]
 
 
-def test_finetune_from_scratch_on_purpose_trains_and_resumes(tmp_path):
+@pytest.mark.slow
+def test_finetune_from_scratch_on_purpose_trains(tmp_path):
     model_dir = tmp_path / "run"
     done = _run(_train_command(model_dir, "--train_mode=finetune", "--checkpoint=none"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -121,3 +122,99 @@ def test_checkpoint_minutes_is_validated_and_has_a_flag():
         with pytest.raises(ConfigError, match=r"`checkpoint_minutes` must be a non-negative number.*"
                                               rf"Received: {bad!r}"):
             TrainConfig(checkpoint_minutes=bad).validate()
+
+
+# --- image folders: file names that are not UTF-8, folders that cannot be read --------------------
+
+def _png(path, value):
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path, format="PNG")
+
+
+def _latin1_folder(root):
+    """Two classes; names in Latin-1 bytes (what old cameras and Windows zips write), not UTF-8."""
+    root = os.fsencode(str(root))
+    _png(os.path.join(root, b"caf\xe9", b"cr\xe8me.png"), 10)
+    _png(os.path.join(root, b"caf\xe9", b"plain.png"), 20)
+    _png(os.path.join(root, b"tea", b"\xff\xfe.png"), 30)
+    _png(os.path.join(root, b"tea", b"ok.png"), 40)
+    with open(os.path.join(root, b"tea", b"bro\xefken.png"), "wb") as f:
+        f.write(b"not a png")
+
+
+def test_folder_with_file_names_that_are_not_utf8_is_read(tmp_path, caplog):
+    import numpy as np
+
+    from simclr_tf.data.folder import load_image_folder
+
+    _latin1_folder(tmp_path / "images")
+    with caplog.at_level("WARNING"):
+        source = load_image_folder(str(tmp_path / "images"))
+    assert source.num_examples == 4 and source.num_classes == 2
+    assert source.class_names == (os.fsdecode(b"caf\xe9"), "tea")
+    got = sorted((int(label), int(np.asarray(image)[0, 0, 0])) for image, label in source.dataset)
+    assert got == [(0, 10), (0, 20), (1, 30), (1, 40)]  # each image with its own pixels and class
+    assert source.stats.skipped_files == 1
+    assert "bro\\xefken.png" in caplog.text  # the broken file, named in a form that prints
+
+
+@pytest.mark.slow
+def test_folder_run_with_names_that_are_not_utf8_trains(tmp_path):
+    _latin1_folder(tmp_path / "images")
+    command = [c for c in _train_command(tmp_path / "run") if c != "--dataset=synthetic"]
+    done = _run(command + ["--dataset=folder", f"--image_dir={tmp_path / 'images'}",
+                           "--train_batch_size=4", "--eval_fraction=0.5"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "bro\\xefken.png" in done.stderr
+
+
+def _unreadable_class_folder(tmp_path):
+    for name in ("apples", "grass", "sky"):
+        for i in range(2):
+            _png(str(tmp_path / "images" / name / f"{i}.png"), 50 * i)
+    return str(tmp_path / "images")
+
+
+def _check_unreadable_class_folder_is_an_error(image_dir):
+    from simclr_tf.data.folder import load_image_folder
+
+    with pytest.raises(PermissionError, match=r"Cannot read the class folder\(s\) 'grass' \(Permission "
+                                              r"denied\).*labels would shift.*chmod -R u\+rX"):
+        load_image_folder(image_dir)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="chmod does not deny root")
+def test_unreadable_class_folder_is_an_error_naming_it(tmp_path):
+    image_dir = _unreadable_class_folder(tmp_path)
+    os.chmod(os.path.join(image_dir, "grass"), 0)
+    try:
+        _check_unreadable_class_folder_is_an_error(image_dir)
+    finally:
+        os.chmod(os.path.join(image_dir, "grass"), 0o755)
+
+
+def test_unreadable_folders_as_root_see_them(tmp_path, monkeypatch, caplog):
+    """The same case where chmod does not deny (root): listing the folder fails as it would."""
+    from simclr_tf.data.folder import load_image_folder
+
+    image_dir = _unreadable_class_folder(tmp_path)
+    _png(str(tmp_path / "images" / "sky" / "old" / "0.png"), 70)
+    denied = {os.path.join(image_dir, "grass"), os.path.join(image_dir, "sky", "old")}
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in denied:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    _check_unreadable_class_folder_is_an_error(image_dir)
+    denied.remove(os.path.join(image_dir, "grass"))  # a sub-folder of a class: left out, said
+    with caplog.at_level("WARNING"):
+        source = load_image_folder(image_dir)
+    assert source.num_examples == 6 and source.stats.unreadable_folders == 1
+    assert f"Left out 1 folder(s) of {image_dir}" in caplog.text
+    assert f"{os.path.join(image_dir, 'sky', 'old')} (Permission denied)" in caplog.text

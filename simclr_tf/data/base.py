@@ -89,12 +89,15 @@ class FolderStats:
             corrupt, too large), not part of the source.
         skipped_while_decoding: image files whose header was fine but whose pixels failed to decode
             while the dataset ran (e.g. truncated files); updated live, the dataset skips them.
+        unreadable_folders: folders below the root that could not be listed (permission denied),
+            their images left out with a warning naming them (a class folder is an error).
     """
 
     image_files: int = 0
     ignored_files: int = 0
     skipped_files: int = 0
     skipped_while_decoding: int = 0
+    unreadable_folders: int = 0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_decode_failure(self, path: str, reason: str) -> None:

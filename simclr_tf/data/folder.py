@@ -40,13 +40,51 @@ def _is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_files(root: str) -> list[str]:
-    """All non-hidden files under root, recursively, sorted by path (a stable order)."""
-    found = []
-    for directory, subdirs, files in os.walk(root):
+def shown_path(path) -> str:
+    """A path as text that always prints: bytes of a file name that are not UTF-8 (kept by Python as
+    surrogates) appear as `\\xNN` escapes instead of failing an encoder."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _walk_files(root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """All non-hidden files under root, recursively, sorted by path (a stable order), and the
+    folders that could not be listed with why (`os.walk` would skip them without a word)."""
+    found, unreadable = [], []
+
+    def note(error: OSError) -> None:
+        unreadable.append((error.filename or root, error.strerror or type(error).__name__))
+
+    for directory, subdirs, files in os.walk(root, onerror=note):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         found.extend(os.path.join(directory, f) for f in files if not f.startswith("."))
-    return sorted(found)
+    return sorted(found), sorted(unreadable)
+
+
+def _check_unreadable(root: str, unreadable: list[tuple[str, str]], stats: FolderStats) -> None:
+    """An unreadable class folder is an error (its class would vanish and the labels shift); any
+    other unreadable folder leaves its images out, with a warning naming it."""
+    if not unreadable:
+        return
+    if any(os.path.abspath(path) == root for path, _ in unreadable):
+        raise PermissionError(
+            f"Cannot list the image folder {shown_path(root)!r} ({unreadable[0][1]}). Give yourself read "
+            "access to it (chmod -R u+rX), or pass another --image_dir."
+        )
+    subfolders = [d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith(".")]
+    classes = [(path, why) for path, why in unreadable
+               if len(subfolders) >= 2 and os.path.dirname(os.path.abspath(path)) == root]
+    if classes:
+        names = ", ".join(f"{shown_path(os.path.basename(p))!r} ({why})" for p, why in classes)
+        raise PermissionError(
+            f"Cannot read the class folder(s) {names} of {shown_path(root)!r}: their images, and so "
+            "their classes, would be left out and the other classes' labels would shift. Give "
+            "yourself read access (chmod -R u+rX <folder>), or move them out of the image folder."
+        )
+    stats.unreadable_folders = len(unreadable)
+    shown = "; ".join(f"{shown_path(path)} ({why})" for path, why in unreadable[:5])
+    more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+    log.warning("Left out %d folder(s) of %s that could not be read, with the images in them: %s%s.",
+                len(unreadable), shown_path(root), shown, more)
 
 
 def _draft_scale(width: int, height: int, image_size: int | None, max_pixels: int) -> int | None:
@@ -166,7 +204,7 @@ def _probe(path: str, max_pixels: int) -> str | None:
 def _log_skipped(kind: str, skipped: list[tuple[str, str]], total: int) -> None:
     if not skipped:
         return
-    shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:5])
+    shown = "; ".join(f"{shown_path(path)} ({reason})" for path, reason in skipped[:5])
     more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
     log.warning("Skipped %d of %d %s: %s%s.", len(skipped), total, kind, shown, more)
 
@@ -177,11 +215,11 @@ def _folder_dataset(
     """Streams (image, label), decoding in parallel with Pillow; files that fail to decode are skipped."""
 
     def decode(path: tf.Tensor):
-        name = path.numpy().decode("utf-8")
+        name = os.fsdecode(path.numpy())  # the file system's bytes, whatever their encoding
         try:
             return read_image(name, image_size=image_size, max_pixels=max_pixels), True
         except Exception as error:  # never crash mid-training on one bad file
-            stats.record_decode_failure(name, f"{type(error).__name__}: {error}")
+            stats.record_decode_failure(shown_path(name), f"{type(error).__name__}: {error}")
             return np.zeros((1, 1, 3), np.uint8), False
 
     def load(path, label):
@@ -240,9 +278,10 @@ def load_image_folder(
         raise FileNotFoundError(f"`image_dir` {image_dir!r} is a file, not a folder. Pass the folder holding "
                                 "your images.")
     root = os.path.abspath(image_dir)
-    files = _walk_files(root)
+    files, unreadable = _walk_files(root)
     images = [f for f in files if _is_image_file(f)]
     stats = FolderStats(image_files=len(images), ignored_files=len(files) - len(images))
+    _check_unreadable(root, unreadable, stats)
     if stats.ignored_files:
         log.info("Ignoring %d file(s) in %s without an image extension (%s).", stats.ignored_files, root,
                  ", ".join(IMAGE_EXTENSIONS))
@@ -303,11 +342,13 @@ def load_image_folder(
     if not keep:
         raise ValueError(
             f"Image folder {root!r} holds no readable image: all {len(candidates)} image file(s) failed to "
-            f"open (first: {skipped[0][0]}: {skipped[0][1]}). Check the files are valid JPEG/PNG/BMP/GIF "
-            "images."
+            f"open (first: {shown_path(skipped[0][0])}: {skipped[0][1]}). Check the files are valid "
+            "JPEG/PNG/BMP/GIF images."
         )
 
-    paths = np.array([candidates[i] for i in keep])
+    # File names as the file system's bytes: a name that is not UTF-8 is a file like any other
+    # (TensorFlow's strings are bytes; Python's str of such a name would not convert).
+    paths = np.array([os.fsencode(candidates[i]) for i in keep], dtype=object)
     label_array = np.array([labels[i] for i in keep], np.int32)
     log.info("Image folder %s: %d images, %s.", root, len(paths),
              f"{num_classes} classes" if num_classes else "unlabelled")
