@@ -130,3 +130,9 @@ def test_table_without_xla():
     assert row.ratio == pytest.approx(19.5 / 17.0)
     last = bo.format_table([row]).splitlines()[-1]
     assert last == "| ResNet-50 | 16.0 / 18.0 | not timed | 20.0 / 19.0 | 1.15x |"
+
+
+def test_table_when_the_original_with_xla_failed():
+    row = bo.Row("ResNet-50", (16.0,), (), (20.0,))
+    assert row.ratio == pytest.approx(20.0 / 16.0)
+    assert "| 16.0 | failed (see the log lines) | 20.0 | 1.25x |" in bo.format_table([row])
