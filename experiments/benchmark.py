@@ -93,6 +93,10 @@ CASES = {
 QUICK_CASES = {
     "resnet18_cifar16": Case("resnet18_cifar16", 18, 16, 4, True),
 }
+# Selectable with --models: the quickstart's step (`simclr-tf run` with no flags).
+EXTRA_CASES = {
+    "resnet18_quickstart": Case("resnet18_quickstart", 18, 16, 128, True),
+}
 
 
 # --- FLOPs -------------------------------------------------------------------------------------------
@@ -646,7 +650,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (ResNet-18 at 16 px, batch 4; small peak and pipeline runs)")
     parser.add_argument("--models", default=None,
-                        help=f"comma-separated cases of {', '.join(CASES)} (default: all; 'none' skips)")
+                        help=f"comma-separated cases of {', '.join({**CASES, **EXTRA_CASES})} "
+                             "(default: all but the quickstart's; 'none' skips)")
     parser.add_argument("--no_xla", action="store_true", help="time the step without jit_compile only")
     parser.add_argument("--xla_only", action="store_true", help="time the step with jit_compile only")
     parser.add_argument("--no_peak", action="store_true", help="skip the peak measurement (MFU vs --peak)")
@@ -680,7 +685,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _select_cases(args: argparse.Namespace) -> list[Case]:
-    known = {**CASES, **QUICK_CASES}
+    known = {**CASES, **QUICK_CASES, **EXTRA_CASES}
     if args.models is None:
         return list((QUICK_CASES if args.quick else CASES).values())
     if args.models == "none":

@@ -58,12 +58,9 @@ def _scores(train_x, train_y, test_x, test_y, *, seeds=5):
     return row
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="The quickstart's encoder against raw pixels on the digits.")
-    parser.add_argument("--model_dir", default="runs/digits_quickstart",
-                        help="A quickstart run (run into it first if it has no export).")
-    args = parser.parse_args(argv)
-
+def evaluate(model_dir: str) -> tuple[dict, str, int]:
+    """The table's rows for the exported encoder of `model_dir` (run the quickstart into it first
+    when it has none): {features: {column: held-out top-1}}, the export used, held-out images."""
     import keras
 
     from simclr_tf.config import Config, load_config
@@ -72,15 +69,14 @@ def main(argv=None) -> int:
     from simclr_tf.models.build import build_model
     from simclr_tf.training import train
 
-    started = time.time()
-    export_dir = latest_export(os.path.join(args.model_dir, "saved_model"))
+    export_dir = latest_export(os.path.join(model_dir, "saved_model"))
     if export_dir is None:
-        print(f"No exported encoder in {args.model_dir}: running the quickstart first.", flush=True)
+        print(f"No exported encoder in {model_dir}: running the quickstart first.", flush=True)
         quickstart = Config()
         train(dataclasses.replace(quickstart, train=dataclasses.replace(quickstart.train,
-                                                                        model_dir=args.model_dir)))
-        export_dir = latest_export(os.path.join(args.model_dir, "saved_model"))
-    config = load_config(args.model_dir).resolved()
+                                                                        model_dir=model_dir)))
+        export_dir = latest_export(os.path.join(model_dir, "saved_model"))
+    config = load_config(model_dir).resolved()
     image_size, seed = config.image_size, config.train.seed
     pretrained = keras.saving.load_model(os.path.join(export_dir, "encoder.keras"))
 
@@ -97,8 +93,18 @@ def main(argv=None) -> int:
         train_x, train_y = _features(encoder, train_source, image_size)
         test_x, test_y = _features(encoder, test_source, image_size)
         rows[name] = _scores(train_x, train_y, test_x, test_y)
+    return rows, export_dir, len(test_y)
 
-    print(f"\nLogistic regression on digits:test ({len(test_y)} held-out images), top-1 accuracy; encoder "
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="The quickstart's encoder against raw pixels on the digits.")
+    parser.add_argument("--model_dir", default="runs/digits_quickstart",
+                        help="A quickstart run (run into it first if it has no export).")
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    rows, export_dir, held_out = evaluate(args.model_dir)
+    print(f"\nLogistic regression on digits:test ({held_out} held-out images), top-1 accuracy; encoder "
           f"{export_dir}")
     print(f"{'features':<20}" + "".join(f"{c:>14}" for c in COLUMNS))
     for name, row in rows.items():
