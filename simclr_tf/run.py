@@ -22,6 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from simclr_tf.config import Config, ConfigError
+from simclr_tf.interrupts import Terminated, exit_code, signal_name, signals_as_exceptions
 
 # (flag, config section, field, kind, help). Each flag's default is its config field's default
 # (`Config()` is the quickstart), so the CLI and the library cannot disagree.
@@ -250,6 +251,21 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         return 2
     absl_logging.set_verbosity(absl_logging.WARNING)  # TF's INFO chatter hides the progress lines
+    # SIGTERM and Ctrl-C outside the training loop (data preparation, linear evaluation, export)
+    # unwind as exceptions, so every clean-up on the way runs; then one line and 143 / 130.
+    with signals_as_exceptions():
+        try:
+            return _train_and_report(config)
+        except (KeyboardInterrupt, Terminated) as stopped:
+            print(f"Stopped by {signal_name(stopped)} before the end of the run: the checkpoints in "
+                  f"{config.train.model_dir} are kept and nothing is half-written (a partial export is "
+                  "removed, result.json is written only at the end). Rerun the same command to finish "
+                  "the run.", file=sys.stderr)
+            return exit_code(stopped)
+
+
+def _train_and_report(config: Config) -> int:
+    """`main` once the flags are checked: the run, its errors as one line, the summary."""
     # TensorFlow is imported only now, after the flags were checked.
     from simclr_tf.distribute import make_strategy
     from simclr_tf.training import train
@@ -271,10 +287,6 @@ def main(argv):
     except Interrupted as stopped:  # SIGTERM or Ctrl-C while training: the step was saved
         print(stopped, file=sys.stderr)
         return stopped.exit_code
-    except KeyboardInterrupt:  # Ctrl-C outside training, or a second one
-        print(f"Interrupted. Checkpoints in {config.train.model_dir} are kept: rerun the same "
-              "command to resume from the latest.", file=sys.stderr)
-        return 130
     results.pop("config", None)
     _print_summary(results)
     return 0

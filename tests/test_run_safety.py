@@ -218,3 +218,96 @@ def test_unreadable_folders_as_root_see_them(tmp_path, monkeypatch, caplog):
     assert source.num_examples == 6 and source.stats.unreadable_folders == 1
     assert f"Left out 1 folder(s) of {image_dir}" in caplog.text
     assert f"{os.path.join(image_dir, 'sky', 'old')} (Permission denied)" in caplog.text
+
+
+# --- SIGTERM and Ctrl-C outside the training loop -------------------------------------------------
+
+def _stop_when(command, ready, signum, tmp_path, timeout=300):
+    """Starts `command`, sends `signum` once `ready(stdout so far)` holds; returns (rc, stdout, stderr)."""
+    import time
+
+    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        process = subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=out, stderr=err)
+        try:
+            deadline = time.time() + timeout
+            while not ready(out_path.read_text()):
+                assert process.poll() is None, f"ended before the signal: {err_path.read_text()[-3000:]}"
+                assert time.time() < deadline, "timed out"
+                time.sleep(0.02)
+            process.send_signal(signum)
+            process.wait(timeout=120)
+        finally:
+            process.kill()
+    return process.returncode, out_path.read_text(), err_path.read_text()
+
+
+def _assert_one_clean_line(returncode, stderr, signum):
+    import signal
+
+    name = signal.Signals(signum).name
+    assert returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("Stopped by")]
+    assert len(lines) == 1 and lines[0].startswith(f"Stopped by {name}")
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_linear_evaluation_ends_cleanly_and_the_rerun_finishes(tmp_path):
+    import signal
+
+    model_dir = tmp_path / "run"
+    command = [c for c in _train_command(model_dir) if c not in ("--mode=train", "--linear_eval_epochs=0",
+                                                                 "--dataset=synthetic")]
+    command += ["--dataset=digits", "--mode=train_then_eval", "--linear_eval_protocol=logistic"]
+    returncode, _, stderr = _stop_when(command, lambda out: "Linear evaluation (" in out, signal.SIGTERM,
+                                       tmp_path)
+    _assert_one_clean_line(returncode, stderr, signal.SIGTERM)
+    assert f"the checkpoints in {model_dir} are kept" in stderr
+    assert not os.path.exists(model_dir / "result.json")  # written only by a run that finished
+    assert not os.path.exists(model_dir / "saved_model")
+    with open(model_dir / ".run.lock") as f:
+        assert f.read() == ""  # released
+    again = _run(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Training already finished: step 2 of 2." in again.stdout
+    assert os.path.exists(model_dir / "result.json")
+
+
+def test_sigint_during_the_export_removes_the_partial_export(tmp_path):
+    import signal
+
+    model_dir = tmp_path / "run"
+    export_dir = model_dir / "saved_model"
+
+    def exporting(_):
+        return export_dir.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(export_dir))
+
+    returncode, _, stderr = _stop_when(_train_command(model_dir), exporting, signal.SIGINT, tmp_path)
+    _assert_one_clean_line(returncode, stderr, signal.SIGINT)
+    assert os.listdir(export_dir) == []  # the partial export removed, nothing else there
+    assert not os.path.exists(model_dir / "result.json")
+    assert sorted(n for n in os.listdir(model_dir) if n.startswith("ckpt-2")) == [
+        "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+
+
+def test_sigterm_while_the_data_is_prepared_ends_cleanly(tmp_path):
+    import signal
+
+    model_dir = tmp_path / "run"
+    started = [False]
+
+    def holding_the_lock(_):
+        try:
+            with open(model_dir / ".run.lock") as f:
+                started[0] = started[0] or bool(f.read())
+        except FileNotFoundError:
+            pass
+        return started[0]
+
+    returncode, stdout, stderr = _stop_when(_train_command(model_dir, steps=50), holding_the_lock,
+                                            signal.SIGTERM, tmp_path)
+    _assert_one_clean_line(returncode, stderr, signal.SIGTERM)
+    assert "step " not in stdout  # stopped before training began
+    with open(model_dir / ".run.lock") as f:
+        assert f.read() == ""

@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from simclr_tf.interrupts import Terminated, exit_code, signal_name, signals_as_exceptions
+
 
 def main(argv=None) -> int:
     """`python -m simclr_tf.export`: export a run's checkpoint."""
@@ -23,7 +25,17 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=int, default=5, help="Exports kept (default 5; 0 keeps all).")
     parser.add_argument("--no_heads", action="store_true", help="Export the encoder features only.")
     args = parser.parse_args(argv)
+    # SIGTERM and Ctrl-C unwind as exceptions: the partial export is removed on the way out.
+    with signals_as_exceptions():
+        try:
+            return _export(args)
+        except (KeyboardInterrupt, Terminated) as stopped:
+            print(f"Stopped by {signal_name(stopped)}: nothing was exported (a partial export is "
+                  "removed). Run the same command again to export.", file=sys.stderr)
+            return exit_code(stopped)
 
+
+def _export(args) -> int:
     # TensorFlow is imported only now, after the arguments were checked.
     import tensorflow as tf
 
