@@ -18,8 +18,11 @@ and `--use_blur=False` (its CIFAR-10 recipe; our step has no blur either). The s
 `tf.function` (with `jit_compile` for the XLA column) around `strategy.run` of the same forward
 pass, losses, metric updates, gradient and `apply_gradients` as `single_step` in its `run.py`,
 called once per step on device-resident inputs (views stacked on channels, one-hot labels, as its
-input pipeline makes them). Its `run.py` loops `steps_per_loop` steps inside one `tf.function` and
-writes an image summary every `steps_per_loop` steps; neither changes a ~1 s step measurably.
+input pipeline makes them). One shim, no change to what is computed: tf-keras 2.21 rejects the
+`Dense(-1)` that the original's projection-head `LinearLayer` creates and sizes in its own `build`,
+so a placeholder width stands in until then. Its `run.py` loops `steps_per_loop` steps inside one
+`tf.function` and writes an image summary every `steps_per_loop` steps; neither changes a ~1 s step
+measurably.
 
 simclr_tf's step is the one `experiments/benchmark.py` times (`build_train_model`,
 `synthetic_batch`, `time_train_step`: the compiled `fit` train function), in float32 (set
@@ -258,6 +261,14 @@ def _worker(argv: Sequence[str]) -> None:
     import objective as obj_lib  # isort: skip
     import run  # noqa: F401  # isort: skip
 
+    # The one shim: the original's LinearLayer makes `Dense(-1)` and sets `units` in its own `build`, before
+    # the Dense builds; tf-keras 2.21 rejects -1 at construction, so a placeholder 1 stands in until then.
+    dense_init = tf.keras.layers.Dense.__init__
+
+    def dense_init_deferred_units(self, units, *args, **kwargs):
+        dense_init(self, 1 if units == -1 else units, *args, **kwargs)
+
+    tf.keras.layers.Dense.__init__ = dense_init_deferred_units
     flags_ = flags.FLAGS
     flags_(["run.py", "--use_tpu=False", "--train_mode=pretrain", f"--image_size={args.image_size}",
             f"--train_batch_size={args.batch_size}", f"--temperature={TEMPERATURE}", "--use_blur=False"])
