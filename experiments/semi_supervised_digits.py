@@ -76,6 +76,9 @@ def _parse(argv):
     parser.add_argument("--target", type=float, default=0.88,
                         help="Top-1 that fine-tuned + distilled must reach with 2 labels per class.")
     args = parser.parse_args(argv)
+    # Absolute paths: the runs name each other (teacher, checkpoint) from any working directory.
+    args.out = os.path.abspath(args.out)
+    args.pretrained = args.pretrained and os.path.abspath(args.pretrained)
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in args.settings if s not in SETTINGS]
     if unknown:
