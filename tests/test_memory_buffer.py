@@ -216,6 +216,28 @@ def test_train_steps_fill_the_queue_with_the_momentum_keys():
     assert int(model.memory.pointer) == 0 and int(model.memory.filled) == 12
 
 
+@pytest.mark.parametrize("policy, jit_compile", [("mixed_bfloat16", False), ("float32", True)])
+def test_fit_under_mixed_precision_and_xla(policy, jit_compile):
+    """`--precision=mixed_bfloat16`: bfloat16 keys, a float32 queue and moving average; and the
+    step compiles with XLA (`--jit_compile`)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = _tiny_model(memory_buffer_size=8)
+        model.compile(optimizer=build_optimizer("momentum", 0.05, weight_decay=0.0), jit_compile=jit_compile)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    rng = np.random.default_rng(5)
+    views = tuple(rng.uniform(size=(2, 3, SIZE, SIZE, 3)).astype(np.float32) for _ in range(2))
+    data = tf.data.Dataset.from_tensor_slices((views, np.full((2, 3), -1)))
+    history = model.fit(data, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert model.memory.queue.dtype == "float32" and int(model.memory.filled) == 8
+    norms = np.linalg.norm(model.memory.queue.numpy(), axis=1)
+    np.testing.assert_allclose(norms, np.ones(8), rtol=1e-5)  # normalised keys, every entry written
+    assert all(v.dtype == "float32" for v in model.memory.network_weights)
+
+
 # --- Checkpoints and export ------------------------------------------------------------------------
 
 
