@@ -28,6 +28,8 @@ def main(argv=None):
         args.images, image_size=(args.image_size, args.image_size), batch_size=args.batch_size, seed=0)
     num_classes = len(train.class_names)
     train = train.map(lambda x, y: (x / 255.0, y))  # the encoder takes images in [0, 1]
+    import simclr_tf.models.layers  # noqa: F401  (the classes encoder.keras names)
+
     encoder = keras.saving.load_model(os.path.join(args.export, "encoder.keras"))
     inputs = keras.Input((args.image_size, args.image_size, 3))
     features = encoder(inputs)["final_avg_pool"]

@@ -159,7 +159,7 @@ def test_keras_file_loads_in_plain_keras(exported, tmp_path):
     np.save(tmp_path / "images.npy", images)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_KERAS_LOAD, written["keras_file"], str(tmp_path / "images.npy"),
+        [sys.executable, "-c", _PLAIN_KERAS_LOAD, written["plain_keras_file"], str(tmp_path / "images.npy"),
          str(tmp_path / "features.npz")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )

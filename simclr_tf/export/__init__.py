@@ -3,13 +3,18 @@
 The SavedModel follows TF Hub's reusable SavedModel convention, so that it can be used for
 inference *and* fine-tuned by downstream code:
 
-- `module(images, training=False)`: float32 images in [0, 1] of any size, shape
-  `(batch_size, height, width, 3)`, to a dict of float32 features: `initial_conv`,
+- `module(images, training=False)`: images of any size, shape `(batch_size, height, width, 3)`,
+  float32 in [0, 1] (the encoder's own input), to a dict of float32 features: `initial_conv`,
   `initial_max_pool`, `block_group1` ... `block_group4`, `final_avg_pool` and, when exported with
   the heads, `proj_head_input`, `proj_head_output` and `logits_sup` (with a supervised head).
   `training=True` runs batch norm on the batch statistics and updates its moving averages, as
   fine-tuning needs. The original SimCLR modules were called as `module(images, trainable=...)`;
-  that spelling works too (`trainable=True` means `training=True`).
+  that spelling works too (`trainable=True` means `training=True`). The images may also come as
+  users have them, converted inside the graph as the training pipeline does
+  (`simclr_tf.models.images`): uint8 (0-255, divided by 255), uint16, float16 / bfloat16 /
+  float64 (cast), 1 channel (repeated to RGB) or 4 (alpha dropped), and a single image
+  `(height, width, channels)`, which gives features without the batch dimension. Another rank or
+  channel count fails with a message saying what is accepted.
 - `module.variables`, `module.trainable_variables` and `module.regularization_losses` (empty:
   weight decay is the fine-tuner's choice), which `hub.KerasLayer(..., trainable=True)` uses.
 - The signature `serving_default` (inference) returning the same dict, for TF Serving.
@@ -18,10 +23,17 @@ inference *and* fine-tuned by downstream code:
   call_training_endpoint="call_training")`.
 
 Next to it, `encoder.keras` holds the encoder as a Keras 3 model that
-`keras.saving.load_model` reads back (safe mode on: it contains no Python code; import
-`simclr_tf` first when the encoder uses selective kernels or squeeze-excitation layers). Its batch
-norms are Keras' own `BatchNormalization` (the fused layer the encoder trains with is an
-implementation detail), so plain Keras 3 loads every other encoder without `simclr_tf`.
+`keras.saving.load_model` reads back (safe mode on: it contains no Python code), taking images in
+the same forms as the SavedModel (`simclr_tf.models.images.ImageEncoder`; `import
+simclr_tf.models.layers` first). `encoder_plain.keras` holds the bare encoder, for plain Keras 3
+without `simclr_tf` (unless it uses selective kernels or squeeze-excitation layers): its batch norms
+are Keras' own `BatchNormalization` (the fused layer the encoder trains with is an implementation
+detail), and it takes float images `(batch_size, height, width, 3)` in [0, 1] only (a plain Keras
+model casts uint8 to float without scaling it).
+
+Loading the SavedModel logs no warning, and gradients flow through it: the exported graphs are
+traced without `global_bn`'s all-reduce (on one replica a sum of one value), whose custom
+gradient TensorFlow cannot save ("Will likely fail if a gradient is requested").
 
 Exports go to `<export_dir>/<global step>/`, written to a temporary directory first and renamed
 into place, so a reader never sees half an export; the newest `keep` exports are kept. Each export
@@ -38,6 +50,7 @@ This module imports nothing of the training wiring: training calls it, never the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,11 +59,69 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.models.batch_norm import BatchNormalization
+from simclr_tf.models.images import (
+    FLOAT_DTYPES,
+    INTEGER_WHITE,
+    ImageEncoder,
+    images_error,
+    standardize_images,
+)
 from simclr_tf.models.simclr import encoder_features
 
 KERAS_FILE = "encoder.keras"
+PLAIN_KERAS_FILE = "encoder_plain.keras"
 EXPORT_MARKER = "simclr_tf_export.json"
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+# Any rank, channel count and value range users pass (checked and converted inside the graph).
+_ANY_IMAGES_SPECS = tuple(tf.TensorSpec(None, tf.as_dtype(dtype), name="images")
+                          for dtype in (*FLOAT_DTYPES, *INTEGER_WHITE))
+
+
+def _standardize_in_graph(images):
+    """`standardize_images` inside the SavedModel's graph, also for a rank or channel count known
+    only when the function runs; returns the float32 batch and `single` (a bool, or a bool tensor).
+    """
+    if images.shape.rank is not None and images.shape[-1] is not None:
+        return standardize_images(images)  # known now: checked now, static shapes kept
+    dtype = images.dtype.name
+    if dtype not in INTEGER_WHITE and dtype not in FLOAT_DTYPES:
+        raise images_error(f"the dtype {dtype} is none of these", f"dtype {dtype}")
+    shape = tf.shape(images)
+    rank = tf.size(shape)
+    channels = tf.concat([[0], shape], 0)[-1]  # 0 for a scalar
+    accepted = tf.logical_and(tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)),
+                              tf.reduce_any(tf.equal(channels, [1, 3, 4])))
+    check = tf.debugging.Assert(accepted, [
+        "The encoder takes images of shape (batch_size, height, width, channels) or (height, width, "
+        "channels), with 1 (grayscale), 3 (RGB) or 4 (RGBA) channels. Received shape:", shape],
+        summarize=8)
+    with tf.control_dependencies([check]):  # padded: any rank gets this far, to the check
+        batch = tf.reshape(images, tf.concat([[-1], tf.concat([[1, 1, 1], shape], 0)[-3:]], 0))
+    batch = tf.cast(batch, tf.float32)
+    if dtype in INTEGER_WHITE:
+        batch = batch / INTEGER_WHITE[dtype]
+    batch = tf.cond(tf.equal(channels, 1), lambda: tf.tile(batch, [1, 1, 1, 3]), lambda: batch[..., :3])
+    return tf.ensure_shape(batch, [None, None, None, 3]), tf.equal(rank, 3)
+
+
+@contextlib.contextmanager
+def _unsynchronized_batch_norms(parts):
+    """Batch norms traced for the export without the cross-replica all-reduce of `global_bn`.
+
+    A saved graph runs on one replica, where the all-reduce sums one value; but it is an identity
+    with a custom gradient, whose gradient function holds another: loading such a SavedModel
+    printed "Will likely fail if a gradient is requested" for each (gradients worked). The
+    statistics are the same without it.
+    """
+    layers = [layer for part in parts if part is not None for layer in part._flatten_layers()
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+    for layer in layers:
+        layer.synchronized = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronized = True
 
 
 def _tf_variables(variables):
@@ -88,35 +159,48 @@ def build_export_module(model, *, include_heads=True, image_size=None):
     selector = getattr(model, "ft_proj_selector", 0)
 
     def features(images, training):
-        outputs = encoder_features(encoder, images, training=training)
-        if projection_head is not None:
-            h = outputs["final_avg_pool"]
-            projection, hiddens = projection_head(h, training=training)
-            outputs["proj_head_input"] = h
-            outputs["proj_head_output"] = projection
-            if supervised_head is not None:
-                head_input = hiddens[selector] if finetuned else h
-                outputs["logits_sup"] = supervised_head(head_input, training=training)
+        # Traced here and again by tf.saved_model.save: each time without the all-reduce.
+        with _unsynchronized_batch_norms([encoder, projection_head, supervised_head]):
+            outputs = encoder_features(encoder, images, training=training)
+            if projection_head is not None:
+                h = outputs["final_avg_pool"]
+                projection, hiddens = projection_head(h, training=training)
+                outputs["proj_head_input"] = h
+                outputs["proj_head_output"] = projection
+                if supervised_head is not None:
+                    head_input = hiddens[selector] if finetuned else h
+                    outputs["logits_sup"] = supervised_head(head_input, training=training)
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+
+    # The two graphs of the model (inference, training) on the images it takes; every other input
+    # form is turned into these by a small function that calls them, so each is saved once.
+    call_inference = tf.function(lambda images: features(images, training=False), autograph=False,
+                                 input_signature=[_IMAGES_SPEC])
+    call_training = tf.function(lambda images: features(images, training=True), autograph=False,
+                                input_signature=[_IMAGES_SPEC])
 
     @tf.function(autograph=False)  # plain Python control flow on Python arguments: nothing to convert
     def call(images, training=False, trainable=None):
         if trainable is not None:  # the original SimCLR modules' spelling
             training = bool(trainable) or bool(training)
-        return features(images, training=bool(training))
+        batch, single = _standardize_in_graph(images)
+        outputs = (call_training if training else call_inference)(batch)
+        if single is True:
+            return {name: value[0] for name, value in outputs.items()}
+        if single is not False:  # known only when the function runs: one image or a batch
+            drop = tf.cast(single, tf.int32)
+            return {name: tf.reshape(value, tf.shape(value)[drop:]) for name, value in outputs.items()}
+        return outputs
 
-    # Trace every Python-argument combination a caller may use, so the loaded function
-    # dispatches to a saved graph whichever way it is called.
-    for training in (False, True):
-        call.get_concrete_function(_IMAGES_SPEC, training=training)
-    for trainable in (False, True):
+    # Trace every Python-argument combination a caller may use, for the images the model takes
+    # and for any accepted form, so the loaded function dispatches to a saved graph whichever way
+    # it is called.
+    for spec in (_IMAGES_SPEC, *_ANY_IMAGES_SPECS):
+        for training in (False, True):
+            call.get_concrete_function(spec, training=training)
+    for trainable in (False, True):  # the original's spelling, for the images it took
         call.get_concrete_function(_IMAGES_SPEC, trainable=trainable)
         call.get_concrete_function(_IMAGES_SPEC, training=False, trainable=trainable)
-
-    call_inference = tf.function(lambda images: features(images, training=False), autograph=False,
-                                 input_signature=[_IMAGES_SPEC])
-    call_training = tf.function(lambda images: features(images, training=True), autograph=False,
-                                input_signature=[_IMAGES_SPEC])
 
     parts = [encoder] + [p for p in (projection_head, supervised_head) if p is not None]
     all_variables = _dedupe(v for part in parts for v in part.weights)
@@ -164,7 +248,9 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
         module = build_export_module(model, include_heads=include_heads, image_size=image_size)
         serving = module.call_inference.get_concrete_function()
         tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
-        with_keras_batch_norm(model.encoder).save(os.path.join(tmp, KERAS_FILE))
+        plain = with_keras_batch_norm(model.encoder)
+        ImageEncoder(plain).save(os.path.join(tmp, KERAS_FILE))
+        plain.save(os.path.join(tmp, PLAIN_KERAS_FILE))
         if image_size:
             with open(os.path.join(tmp, "image_size.txt"), "w", encoding="utf-8") as f:
                 f.write(f"{int(image_size)}\n")
@@ -185,7 +271,8 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
         shutil.rmtree(final)
     os.replace(tmp, final)
     _prune(export_dir, keep, written=final)
-    return {"saved_model": final, "keras_file": os.path.join(final, KERAS_FILE)}
+    return {"saved_model": final, "keras_file": os.path.join(final, KERAS_FILE),
+            "plain_keras_file": os.path.join(final, PLAIN_KERAS_FILE)}
 
 
 def is_export(path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from simclr_tf.models import images as _images  # noqa: F401  (registers ImageEncoder for .keras files)
 from simclr_tf.models.batch_norm import check_batch_norm_decay, make_batch_norm
 from simclr_tf.validation import check_number, check_positive_int
 
