@@ -158,6 +158,23 @@ def test_momentum_network_starts_equal_and_stays_out_of_training():
     np.testing.assert_allclose(np.concatenate([keys_1, keys_2]), z, rtol=1e-5, atol=1e-6)
 
 
+def test_a_model_that_fit_builds_copies_the_online_network_on_its_first_step():
+    """Keras builds an unbuilt model for `fit` in a stateless scope, which drops the build's copy:
+    the first step makes it (`copied`). With a learning rate of 0, the momentum network then equals
+    the online one after the step (the moving average of two equal weights)."""
+    model = SimCLRModel(encoder=_tiny_encoder(), num_proj_layers=2, proj_out_dim=4, num_classes=0,
+                        memory_buffer_size=6)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    rng = np.random.default_rng(3)
+    views = tuple(rng.uniform(size=(1, 3, SIZE, SIZE, 3)).astype(np.float32) for _ in range(2))
+    model.fit(tf.data.Dataset.from_tensor_slices((views, np.full((1, 3), -1))), verbose=0)
+    assert int(model.memory.copied) == 1 and int(model.memory.filled) == 6
+    sources = online_weights(model.encoder, model.projection_head)
+    for target, source in zip(model.memory.network_weights, sources, strict=True):
+        if "moving" not in target.path:  # each network's own pass moved its moving statistics
+            np.testing.assert_allclose(target.numpy(), source.numpy(), atol=1e-6, err_msg=target.path)
+
+
 def _queue(size):
     memory = MemoryBuffer(keras.layers.Identity(), keras.layers.Identity(), size=size)
     memory.build((None, 2))
@@ -285,6 +302,40 @@ def test_export_holds_the_online_network_only():
     exported = {id(v) for v in module.variables}
     assert not exported & {id(getattr(v, "value", v)) for v in model.memory.weights}
     assert len(module.variables) == len(online_weights(model.encoder, model.projection_head))
+
+
+@pytest.mark.slow
+def test_cli_run_with_a_buffer_checkpoints_it_exports_without_it_and_resumes(tmp_path):
+    """`python -m simclr_tf.run --memory_buffer_size=...`: 2 steps; the checkpoint holds the queue,
+    its pointer and the momentum network; the export only the online encoder; more steps resume
+    from it; another buffer size cannot resume it."""
+    tiny = ["--dataset=synthetic", "--synthetic_examples=64", "--image_size=16", "--train_batch_size=16",
+            "--linear_eval_epochs=0", "--eval_batch_size=64", "--resnet_depth=18", "--mode=train",
+            "--memory_buffer_size=40", f"--model_dir={tmp_path / 'run'}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "simclr_tf.run", *tiny, *flags], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    done = run("--train_steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored = tf.train.load_checkpoint(str(tmp_path / "run" / "ckpt-2"))
+    names = stored.get_variable_to_shape_map()
+    queue = [n for n in names if n.startswith("model/memory/queue/")]
+    assert len(queue) == 1 and names[queue[0]] == [40, 128]
+    pointer = next(n for n in names if n.startswith("model/memory/pointer/"))
+    assert int(stored.get_tensor(pointer)) == 2 * 2 * 16 % 40  # 2 steps of 32 keys
+    assert any(n.startswith("model/memory/encoder/") for n in names)
+    exported = tf.saved_model.load(str(tmp_path / "run" / "saved_model" / "2"))
+    assert not any("momentum" in v.name or "memory" in v.name for v in exported.variables)
+
+    resumed = run("--train_steps=3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    stored = tf.train.load_checkpoint(str(tmp_path / "run" / "ckpt-3"))
+    assert int(stored.get_tensor(pointer)) == 3 * 2 * 16 % 40
+    other = run("--train_steps=4", "--memory_buffer_size=80")
+    assert other.returncode != 0 and "--memory_buffer_size is 40 there and 80 now" in other.stderr
 
 
 # --- Configuration ---------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Decisions, and why:
 - After every optimizer step every momentum weight, batch-norm moving statistics included, becomes
   `m * momentum_weight + (1 - m) * online_weight` (`update`). The moving statistics of the copy
   are never used for keys (training mode); averaging them too keeps the copy a whole network.
-- The momentum network starts equal to the online one (`copy_weights`, when the model is built).
+- The momentum network starts equal to the online one: `copy_weights` when the model is built, or,
+  where that copy was dropped (Keras builds a model for `fit` in a stateless scope, which discards
+  assignments), at the first train step (`copy_once`, guarded by the `copied` variable).
 - The keys of a step are all-gathered from every replica (view-1 keys of the global batch, then
   view-2 keys) and written at the pointer, oldest entries overwritten first, wrapping around the
   end of the queue: any `size` works, also one that is no multiple of the global batch. A step
@@ -100,6 +102,8 @@ class MemoryBuffer(keras.layers.Layer):
                                        autocast=False, name="pointer")  # the next entry written
         self.filled = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False,
                                       autocast=False, name="filled")  # entries holding a key
+        self.copied = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False,
+                                      autocast=False, name="copied")  # 1 once equal to the online network
         self.built = True
 
     def build_like(self, encoder, projection_head, image_shape) -> None:
@@ -151,6 +155,19 @@ class MemoryBuffer(keras.layers.Layer):
         for target, source in zip(targets, sources, strict=True):
             target.assign(source)
             target.trainable = False  # the layers stay trainable, so batch norm runs in training mode
+        self.copied.assign(1)
+
+    def copy_once(self, sources) -> None:
+        """Sets the momentum network equal to the online weights `sources` unless it was already
+        (`copied`); for the first train step of a model that `fit` built."""
+
+        def copy():
+            for target, source in zip(self.network_weights, sources, strict=True):
+                target.assign(source)
+            self.copied.assign(1)
+            return tf.constant(True)
+
+        tf.cond(self.copied > 0, lambda: tf.constant(False), copy)
 
     def update(self, sources) -> None:
         """One moving-average step: `w <- m * w + (1 - m) * online` for every momentum weight.

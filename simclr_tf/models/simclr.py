@@ -190,11 +190,8 @@ class SimCLRModel(keras.Model):
         if memory_buffer_size:  # the momentum network: the same architecture, its own weights
             self.memory = MemoryBuffer(
                 copy_of(encoder) if self.custom_encoder else self._our_encoder("momentum_resnet"),
-                self._projection_head("momentum_projection_head"),
-                size=memory_buffer_size,
-                momentum=memory_momentum,
-                name="memory_buffer",
-            )
+                self._projection_head("momentum_projection_head"), size=memory_buffer_size,
+                momentum=memory_momentum, name="memory_buffer")
         self.supervised_head = (
             SupervisedHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
             if num_classes
@@ -384,8 +381,10 @@ class SimCLRModel(keras.Model):
     def train_step(self, data):
         self._build_for(data[0])
         variables = self.trainable_variables
-        # The momentum network's keys, before the tape: nothing of its pass is recorded.
-        keys = self.memory.keys(data[0], normalize=self.hidden_norm) if self.memory is not None else None
+        keys = None
+        if self.memory is not None:  # the momentum network's keys, before the tape: nothing recorded
+            self.memory.copy_once(online_weights(self.encoder, self.projection_head))
+            keys = self.memory.keys(data[0], normalize=self.hidden_norm)
         with tf.GradientTape() as tape:
             loss = self._forward_losses(data, training=True) + self._weight_decay()
             self.total_loss_tracker.update_state(loss)
