@@ -103,6 +103,8 @@ def _checkpoint_encoder(model_dir, prefix):
 def _exported_encoder(export):
     import keras
 
+    import simclr_tf.models.layers  # noqa: F401  (the classes encoder.keras names)
+
     return [w.numpy() for w in keras.saving.load_model(os.path.join(export, "encoder.keras")).weights]
 
 
