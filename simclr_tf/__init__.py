@@ -24,6 +24,7 @@ _EXPORTS = {
     "ProjectionHead": "simclr_tf.models.heads",
     "SupervisedHead": "simclr_tf.models.heads",
     "SimCLRModel": "simclr_tf.models.simclr",
+    "MemoryBuffer": "simclr_tf.models.memory",
     "build_model": "simclr_tf.models.build",
     "load_source": "simclr_tf.data.sources",
     "build_train_dataset": "simclr_tf.data.pipeline",
