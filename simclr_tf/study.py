@@ -27,7 +27,11 @@ study continues where it stopped. The study writes `study.csv`, `study.md` and `
 held-out linear-evaluation top-1 accuracy (`results["accuracies"]`, protocol `linear_eval`), drawn
 with Pillow: the Figure 5 heat map for `--pairs` and grids whose first axis is not numeric (a bar
 chart for one such axis), and for a numeric first axis (temperature, projection size, batch size
-x steps) a line plot of the accuracy against it, one line per value of the other axes.
+x steps) a line plot of the accuracy against it, one line per value of the other axes. A cell
+whose training diverges (NaN loss) is recorded as such and the study goes on.
+
+The module is over 450 lines: the grid, its recipes, its table and its two pictures are one tool
+whose parts change together (a new axis kind touches all four).
 """
 
 from __future__ import annotations
@@ -178,22 +182,41 @@ def linear_eval_top1(results: dict) -> float | None:
     return None
 
 
+DIVERGED = "study_diverged.txt"  # in a cell's directory: its training diverged; not retried
+
+
 def run_cell(config) -> dict:
-    """Trains one cell (or reads its finished result.json)."""
+    """Trains one cell (or reads its finished result.json).
+
+    A cell whose loss becomes NaN (a low temperature without l2 normalisation, say) is a result of
+    the study, not its end: it is recorded as `{"diverged": message}` (and in `study_diverged.txt`
+    of its directory, so a rerun does not train it again), and the study goes on.
+    """
     path = os.path.join(config.train.model_dir, "result.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
         if linear_eval_top1(results) is not None:
             return {**results, "reused": True}
+    marker = os.path.join(config.train.model_dir, DIVERGED)
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            return {"diverged": f.read().strip(), "reused": True}
     import keras
 
+    from simclr_tf import training
     from simclr_tf.distribute import make_strategy
-    from simclr_tf.training import train
 
     keras.backend.clear_session()
     config = config.resolved().validate()
-    return train(config, make_strategy(config.runtime.strategy, devices=config.runtime.devices))
+    try:
+        return training.train(config, make_strategy(config.runtime.strategy, devices=config.runtime.devices))
+    except training.TrainingDiverged as error:
+        message = str(error).split(". ")[0]  # "The training loss became nan at step 13"
+        os.makedirs(config.train.model_dir, exist_ok=True)
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write(message + "\n")
+        return {"diverged": message}
 
 
 # --- table and picture ------------------------------------------------------------------------------
@@ -201,18 +224,19 @@ def run_cell(config) -> dict:
 
 def write_table(rows: list[dict], axes: list, out: str) -> tuple[str, str]:
     names = [name for name, _ in axes]
-    columns = names + ["linear_eval_top1", "train_seconds", "model_dir"]
+    columns = names + ["linear_eval_top1", "train_seconds", "model_dir", "note"]
     csv_path, md_path = os.path.join(out, "study.csv"), os.path.join(out, "study.md")
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(names) + " | linear-eval top-1 | train s |",
-             "|" + "---|" * (len(names) + 2)]
+    lines = ["| " + " | ".join(names) + " | linear-eval top-1 | train s | note |",
+             "|" + "---|" * (len(names) + 3)]
     for row in rows:
         top1 = "" if row["linear_eval_top1"] is None else f"{row['linear_eval_top1']:.1%}"
         seconds = "" if row.get("train_seconds") is None else f"{row['train_seconds']:.0f}"
-        lines.append("| " + " | ".join(f"`{row[n]}`" for n in names) + f" | {top1} | {seconds} |")
+        lines.append("| " + " | ".join(f"`{row[n]}`" for n in names)
+                     + f" | {top1} | {seconds} | {row.get('note') or ''} |")
     with open(md_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return csv_path, md_path
@@ -421,9 +445,10 @@ def main(argv=None) -> int:
         elapsed = time.time() - start
         eta = elapsed / trained * sum(1 for _ in points[i + 1:]) if trained else 0.0
         top1 = linear_eval_top1(results)
+        note = f"diverged: {results['diverged']}" if results.get("diverged") else ""
         rows.append({**point, "linear_eval_top1": top1, "train_seconds": results.get("train_seconds"),
-                     "model_dir": config.train.model_dir})
-        shown = "none" if top1 is None else f"{top1:.1%}"
+                     "model_dir": config.train.model_dir, "note": note})
+        shown = note or ("none" if top1 is None else f"{top1:.1%}")
         print(f"cell {i + 1}/{len(points)} {point}: linear-eval top-1 {shown} "
               f"({'reused' if results.get('reused') else f'{time.time() - began:.0f} s'}), eta {eta:.0f} s",
               flush=True)

@@ -152,6 +152,33 @@ def test_line_plot_of_one_axis_has_no_legend(tmp_path):
     assert len(_pixels_of(pixels, study._PALETTE[0])[0]) > 50  # the line over the missing middle cell
 
 
+def test_a_diverged_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
+    """No training here: `train` is replaced by one that diverges at temperature 0.05."""
+    from simclr_tf import training
+
+    calls = []
+
+    def fake_train(config, strategy):
+        calls.append(config.loss.temperature)
+        if config.loss.temperature == 0.05:
+            raise training.TrainingDiverged("The training loss became nan at step 13. Nothing was saved")
+        return {"accuracies": [{"protocol": "linear_eval", "top1": 0.9}], "train_seconds": 1.0}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    out = str(tmp_path / "s")
+    argv = ["--out", out, "--quick", "--grid", "temperature=0.05;0.5"]
+    assert study.main(argv) == 0
+    assert "linear-eval top-1 diverged: The training loss became nan at step 13" in capsys.readouterr().out
+    with open(os.path.join(out, "study.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["linear_eval_top1"], r["note"]) for r in rows] == [
+        ("", "diverged: The training loss became nan at step 13"), ("0.9", "")]
+    assert "| `0.05` |  |  | diverged: The training loss became nan at step 13 |" in open(
+        os.path.join(out, "study.md")).read()
+    assert os.path.exists(os.path.join(out, "study.png")) and calls == [0.05, 0.5]
+    assert study.main(argv) == 0 and calls == [0.05, 0.5, 0.5]  # the diverged cell is not retried
+
+
 @pytest.mark.slow
 def test_quick_study_of_2x2_cells_end_to_end_and_resumed(tmp_path, capsys):
     """A 2x2 Figure 5 grid (2 steps a cell) through simclr_tf.training.train, from a recipe; a rerun
