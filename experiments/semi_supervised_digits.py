@@ -57,10 +57,10 @@ def _parse(argv):
                         help="A finished pretraining run (with --num_proj_layers=3) to reuse.")
     parser.add_argument("--pretrain_steps", type=int, default=0,
                         help="Pretraining steps (0: the quickstart's 20 epochs).")
-    parser.add_argument("--finetune_steps", type=int, default=60, help="Fine-tuning steps (row 4).")
-    parser.add_argument("--finetune_learning_rate", type=float, default=0.05)
+    parser.add_argument("--finetune_steps", type=int, default=100, help="Fine-tuning steps (row 4).")
+    parser.add_argument("--finetune_learning_rate", type=float, default=0.002)
     parser.add_argument("--scratch_steps", type=int, default=200, help="Training steps of row 2.")
-    parser.add_argument("--distill_steps", type=int, default=120, help="Distillation steps (rows 5, 6).")
+    parser.add_argument("--distill_steps", type=int, default=150, help="Distillation steps (rows 5, 6).")
     parser.add_argument("--distill_learning_rate", type=float, default=1.0)
     parser.add_argument("--distill_temperature", type=float, default=1.0)
     parser.add_argument("--distill_alpha", type=float, default=0.0)
