@@ -60,6 +60,8 @@ def _parse(argv):
     parser.add_argument("--finetune_steps", type=int, default=100, help="Fine-tuning steps (row 4).")
     parser.add_argument("--finetune_learning_rate", type=float, default=0.002)
     parser.add_argument("--scratch_steps", type=int, default=200, help="Training steps of row 2.")
+    parser.add_argument("--scratch_learning_rate", type=float, default=0.05,
+                        help="Row 2 starts from random weights: a larger step than fine-tuning's.")
     parser.add_argument("--distill_steps", type=int, default=150, help="Distillation steps (rows 5, 6).")
     parser.add_argument("--distill_learning_rate", type=float, default=1.0)
     parser.add_argument("--distill_temperature", type=float, default=1.0)
@@ -130,7 +132,9 @@ def run_configs(args, pretrained_dir: str, setting: str) -> dict:
             model_dir=os.path.join(folder, "finetune")),
     )
     scratch = dataclasses.replace(
-        finetune, train=dataclasses.replace(finetune.train, checkpoint=FROM_SCRATCH,
+        finetune,
+        optimizer=dataclasses.replace(finetune.optimizer, learning_rate=args.scratch_learning_rate),
+        train=dataclasses.replace(finetune.train, checkpoint=FROM_SCRATCH,
                                             train_steps=args.scratch_steps,
                                             checkpoint_steps=args.scratch_steps,
                                             model_dir=os.path.join(folder, "scratch")))

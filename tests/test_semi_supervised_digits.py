@@ -63,6 +63,7 @@ def test_recipes_of_the_trained_rows(tmp_path):
     assert finetune.train.checkpoint == str(tmp_path / "pretrain")
     assert configs["scratch"].train.checkpoint == FROM_SCRATCH
     assert configs["scratch"].model == finetune.model  # the same network, from random weights
+    assert configs["scratch"].optimizer.learning_rate == 0.05 > finetune.optimizer.learning_rate
     for name in ("self_distill", "small_distill"):
         assert configs[name].train.teacher == finetune.train.model_dir
         assert configs[name].train.train_mode == "distill"
