@@ -90,7 +90,8 @@ _FLAG_SPECS = [
      "Semi-hard negative mining for nt_logistic and margin_triplet (the paper's Table 2 'sh')."),
     ("memory_buffer_size", "loss", "memory_buffer_size", int,
      "SimCLRv2's memory buffer: keys of past batches (from a momentum copy of the network) kept as "
-     "extra NT-Xent negatives while pretraining; 0 turns it off. Costs about a third more compute."),
+     "extra NT-Xent negatives while pretraining; 0 turns it off. One more forward pass a step "
+     "(1.4x the quickstart's step time)."),
     ("memory_momentum", "loss", "memory_momentum", float,
      "Moving-average rate of the memory buffer's momentum network (MoCo, SimCLRv2: 0.999)."),
     # optimizer

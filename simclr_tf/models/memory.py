@@ -28,8 +28,9 @@ Decisions, and why:
   checkpoints hold them, and a resumed run continues exactly. Exports hold the online encoder
   only.
 
-Cost: one more forward pass (no backward) of encoder and head per step, about a third more
-compute, plus `size x proj_out_dim` floats and a matrix product of the queries with the queue.
+Cost: one more forward pass (no backward) of encoder and head per step (36 steps of the quickstart:
+153 s with 4096 keys against 110 s without, 1.4x), plus `size x proj_out_dim` floats and a matrix
+product of the queries with the queue.
 
 References:
     - [Chen et al., 2020. Big Self-Supervised Models are Strong Semi-Supervised
