@@ -36,7 +36,7 @@ Get the original code and tf-keras first (neither goes into this repository or i
    `resnet.py`, `lars_optimizer.py`, `objective.py`, `metrics.py`, `data.py`, `data_util.py` there);
 2. `.venv/bin/pip install --target /tmp/tfkeras --no-deps "tf-keras~=2.21.0"`.
 
-Usage (several minutes; on a shared machine under the heavy-job lock):
+Usage (about 10 minutes on 2 CPU cores; on a shared machine under the heavy-job lock):
 
 ```
 flock /tmp/heavy.lock .venv/bin/python experiments/benchmark_original.py \
