@@ -33,7 +33,7 @@ def test_defaults_validate():
     [
         (Config(loss=LossConfig(temperature=0.0)), r"`temperature` must be a positive number.*0\.0"),
         (Config(loss=LossConfig(temperature=-1.0)), r"`temperature`.*-1\.0"),
-        (Config(model=ModelConfig(resnet_depth=42)), r"`resnet_depth` must be one of 18, 34.*42"),
+        (Config(model=ModelConfig(resnet_depth=42)), r"`resnet_depth` must be one of 10, 18, 34.*42"),
         (Config(optimizer=OptimizerConfig(optimizer="sgdd")), r"`optimizer` must be one of.*'sgdd'"),
         (Config(train=TrainConfig(train_batch_size=0)), r"`train_batch_size` must be a positive"),
         (Config(train=TrainConfig(mode="fit")), r"`mode` must be one of"),
