@@ -179,7 +179,10 @@ def intact_checkpoints(directory: str, report=None):
     """
     state = tf.train.get_checkpoint_state(directory)
     named = [state.model_checkpoint_path] if state and state.model_checkpoint_path else []
-    named = [p if os.path.isabs(p) else os.path.join(directory, p) for p in named]
+    # TensorFlow already joins a relative path of the `checkpoint` file onto `directory`; join
+    # only a path that does not name a checkpoint as it stands.
+    named = [p if os.path.isabs(p) or os.path.exists(p + ".index") else os.path.join(directory, p)
+             for p in named]
     found = sorted((path[: -len(".index")] for path in
                     glob.glob(os.path.join(glob.escape(directory), f"{CHECKPOINT_NAME}-*.index"))),
                    key=step_of, reverse=True)

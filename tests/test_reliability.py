@@ -116,3 +116,21 @@ def test_sigkill_at_any_moment_then_rerun_finishes_with_the_same_weights(tmp_pat
         assert weights.keys() == reference.keys()
         for name, value in reference.items():
             np.testing.assert_array_equal(weights[name], value, err_msg=name)
+
+
+def test_intact_checkpoints_of_a_relative_model_dir_report_nothing(tmp_path, monkeypatch):
+    # The quickstart's model_dir is relative (runs/digits_quickstart): its newest checkpoint must
+    # be found as it is, not as runs/x/runs/x/ckpt-N reported missing.
+    from simclr_tf import checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    variable = tf.Variable([1.0, 2.0])
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), "runs/x", max_to_keep=3,
+                                         checkpoint_name=checkpoints.CHECKPOINT_NAME)
+    manager.save(checkpoint_number=2)
+    manager.save(checkpoint_number=4)
+    reports = []
+    found = list(checkpoints.intact_checkpoints("runs/x", report=reports.append))
+    assert reports == []
+    assert found == [os.path.join("runs/x", f"{checkpoints.CHECKPOINT_NAME}-4"),
+                     os.path.join("runs/x", f"{checkpoints.CHECKPOINT_NAME}-2")]
