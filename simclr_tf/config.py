@@ -429,6 +429,12 @@ class TrainConfig:
         checkpoint_minutes: also a checkpoint when this many minutes passed since the last one
             (0 disables), so that a run with long epochs loses at most that much to a crash or a
             preemption without notice. Off with several workers (they would have to agree when).
+        max_train_minutes: a time budget: training stops when it has run this many minutes in this
+            process (0: no limit), saves a checkpoint at that step, and the run goes on to its
+            evaluation, linear evaluation and export of that step; result.json says
+            `"stopped_by": "time_budget"` and `train_steps_done`. Rerunning the same model_dir
+            resumes there and trains again up to the budget or to the end. Off with several
+            workers (they would have to agree when).
         keep_checkpoint_max: checkpoints kept.
         keep_hub_module_max: exported SavedModels kept.
         model_dir: where checkpoints, logs, results and exports go.
@@ -475,6 +481,7 @@ class TrainConfig:
     checkpoint_epochs: int = 1
     checkpoint_steps: int = 0
     checkpoint_minutes: float = 30.0
+    max_train_minutes: float = 0.0
     keep_checkpoint_max: int = 5
     keep_hub_module_max: int = 1
     model_dir: str = "runs/digits_quickstart"
@@ -541,6 +548,12 @@ class TrainConfig:
             and self.checkpoint_minutes >= 0,
             "`checkpoint_minutes` must be a non-negative number of minutes (0 disables the timed "
             f"checkpoints). Received: {self.checkpoint_minutes!r}.",
+        )
+        _check(
+            isinstance(self.max_train_minutes, (int, float)) and math.isfinite(self.max_train_minutes)
+            and self.max_train_minutes >= 0,
+            "`max_train_minutes` must be a non-negative number of minutes (0: no time budget). "
+            f"Received: {self.max_train_minutes!r}.",
         )
         _positive("linear_eval_learning_rate", self.linear_eval_learning_rate)
         _check(

@@ -121,6 +121,10 @@ _FLAG_SPECS = [
      "Checkpoint every this many steps; overrides checkpoint_epochs if > 0."),
     ("checkpoint_minutes", "train", "checkpoint_minutes", float,
      "Also checkpoint when this many minutes passed since the last checkpoint; 0 disables."),
+    ("max_train_minutes", "train", "max_train_minutes", float,
+     "Time budget: stop training after this many minutes in this process, save that step and go on "
+     "to evaluation and export (result.json: stopped_by=time_budget); a rerun resumes there. 0: no "
+     "limit."),
     ("keep_checkpoint_max", "train", "keep_checkpoint_max", int, "Checkpoints kept."),
     ("keep_hub_module_max", "train", "keep_hub_module_max", int, "Exported SavedModels kept."),
     ("model_dir", "train", "model_dir", str,
@@ -226,7 +230,11 @@ def _print_summary(results: dict) -> None:
     if "train_seconds" in results:
         speed = results.get("train_images_per_second")
         speed = f", {speed:.1f} images/s" if speed else ""
-        print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s{speed}")
+        if results.get("stopped_by") == "time_budget":
+            print(f"Trained to step {results['train_steps_done']} of {results['train_steps']} (stopped by "
+                  f"the time budget) in {results['train_seconds']:.0f} s{speed}")
+        else:
+            print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s{speed}")
     model_dir = results["model_dir"]
     print(f"Checkpoints:        {results.get('checkpoint')}")
     if "weights_sha256" in results:

@@ -1,4 +1,5 @@
-"""Callbacks of a training run: stop at the last step, NaN guard, checkpoints, progress, kNN."""
+"""Callbacks of a training run: stop at the last step or on a time budget, NaN guard, checkpoints,
+progress, kNN."""
 
 from __future__ import annotations
 
@@ -35,6 +36,44 @@ class StopAtStep(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if _step(self.model) >= self.total_steps:
+            self.model.stop_training = True
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Ends training before its last step once it has run `minutes` minutes in this process.
+
+    The clock starts at the beginning of training (`on_train_begin`: after the data and the model
+    are built, so a resumed run gets its whole budget again). When the budget runs out after step
+    `s < total_steps`, training stops there and `stopped_at` is `s`; the `Checkpointer` (after this
+    callback in the list) saves step `s` at the end of training, as for any end.
+
+    Args:
+        minutes: float. The budget in minutes; 0 disables it.
+        total_steps: int. The run's last step (reaching it is not a budget stop).
+        clock: callable returning seconds (monotonic). Defaults to `time.monotonic`; tests pass a
+            fake one.
+    """
+
+    def __init__(self, minutes: float, total_steps: int, clock=None):
+        super().__init__()
+        self.minutes = minutes
+        self.total_steps = total_steps
+        self.clock = clock or time.monotonic
+        self.started = 0.0
+        self.stopped_at = None
+        self.seconds = 0.0  # spent when it stopped
+
+    def on_train_begin(self, logs=None):
+        self.started = self.clock()
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.minutes <= 0:
+            return
+        step = _step(self.model)
+        spent = self.clock() - self.started
+        if step < self.total_steps and spent >= 60 * self.minutes:
+            self.stopped_at, self.seconds = step, spent
             self.model.stop_training = True
 
 
@@ -108,9 +147,10 @@ class SignalStop:
 
 class Checkpointer(keras.callbacks.Callback):
     """Saves `ckpt-<step>` every `every_steps` steps, when `every_minutes` minutes passed since the
-    last save, and at the end of training; and at once (then stops training) when `stop` (a
-    `SignalStop`) has received SIGTERM or Ctrl-C. Every save goes through the same
-    `CheckpointSaver` (atomic: the `checkpoint` index names a checkpoint only once it is complete).
+    last save, and at the end of training (also an early end: a `TimeBudget` stop); and at once
+    (then stops training) when `stop` (a `SignalStop`) has received SIGTERM or Ctrl-C. Every save
+    goes through the same `CheckpointSaver` (atomic: the `checkpoint` index names a checkpoint only
+    once it is complete).
 
     Args:
         manager: checkpoints.CheckpointSaver. Writes the checkpoints.

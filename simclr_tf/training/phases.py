@@ -63,7 +63,12 @@ def build_for_training(config: Config, strategy, num_classes: int, schedule=None
 
 
 def fit(config: Config, strategy) -> dict:
-    """Pretraining or fine-tuning, resuming from the latest checkpoint in model_dir."""
+    """Pretraining or fine-tuning, resuming from the latest checkpoint in model_dir.
+
+    Training ends at the last step, or earlier at the time budget (`max_train_minutes`, counted
+    from the start of training in this process), with a checkpoint of the step it reached; the
+    summary says which (`train_steps_done`, `stopped_by`: None or "time_budget").
+    """
     train = config.train
     splits = inputs.data_splits(config)
     num_classes = inputs.num_classes_for(config, splits)
@@ -135,6 +140,7 @@ def fit(config: Config, strategy) -> dict:
     }
     if start_step >= total_steps:
         print(f"Training already finished: step {start_step} of {total_steps}.", flush=True)
+        summary.update(train_steps_done=start_step, stopped_by=None)
         return {"model": model, "summary": summary, "history": {}}
 
     dataset = inputs.train_dataset(config, source, strategy, start_step)
@@ -144,7 +150,14 @@ def fit(config: Config, strategy) -> dict:
     stop = cbs.SignalStop(enabled=not is_multi_worker(strategy))
     # Timed saves only where one process decides: workers would have to agree on the moment.
     checkpoint_minutes = 0.0 if is_multi_worker(strategy) else train.checkpoint_minutes
-    callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps),
+    # The time budget likewise: each worker's clock would stop it at another step.
+    budget_minutes = train.max_train_minutes
+    if budget_minutes and is_multi_worker(strategy):
+        print(f"--max_train_minutes={budget_minutes:g} is not applied with several workers (they would "
+              "have to agree on the step): training runs to its last step.", flush=True)
+        budget_minutes = 0.0
+    budget = cbs.TimeBudget(budget_minutes, total_steps)
+    callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps), budget,
                  cbs.Checkpointer(saver, checkpoint_every, stop=stop, every_minutes=checkpoint_minutes)]
     if chief and train.knn_every_epochs > 0 and train.train_mode == "pretrain":
         monitor = cbs.knn_monitor(config, splits, log_dir)
@@ -176,7 +189,16 @@ def fit(config: Config, strategy) -> dict:
         raise cbs.Interrupted(stop.received, int(model.optimizer.iterations.numpy()), saver.latest)
     seconds = time.time() - started
     summary["train_seconds"] = round(seconds, 1)
-    steps_run = int(model.optimizer.iterations.numpy()) - start_step
+    step = int(model.optimizer.iterations.numpy())
+    summary["train_steps_done"] = step
+    summary["stopped_by"] = None
+    if budget.stopped_at is not None:
+        summary["stopped_by"] = "time_budget"
+        print(f"Time budget reached: stopped at step {step} of {total_steps} after {budget.seconds / 60:.1f} "
+              f"min of training (--max_train_minutes={budget_minutes:g}) and saved {saver.latest}; "
+              f"the run goes on with the model of step {step}. Rerun the same command to train on from there "
+              "(again up to the budget, or to the end).", flush=True)
+    steps_run = step - start_step
     summary["train_images_per_second"] = round(steps_run * train.train_batch_size / max(seconds, 1e-9), 2)
     final = {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v}
     summary.update({f"train_{k}": v for k, v in final.items()})
