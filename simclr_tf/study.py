@@ -43,6 +43,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 import sys
 import time
 
@@ -80,7 +81,7 @@ def parse_value(name: str, text: str):
     return text
 
 
-STUDY_OPTIONS = ("out", "grid", "pairs", "base", "set", "quick", "title")
+STUDY_OPTIONS = ("out", "grid", "pairs", "base", "set", "quick", "title", "cell_minutes", "seeds")
 
 
 def read_recipe(path: str) -> list[str]:
@@ -185,13 +186,8 @@ def linear_eval_top1(results: dict) -> float | None:
 DIVERGED = "study_diverged.txt"  # in a cell's directory: its training diverged; not retried
 
 
-def run_cell(config) -> dict:
-    """Trains one cell (or reads its finished result.json).
-
-    A cell whose loss becomes NaN (a low temperature without l2 normalisation, say) is a result of
-    the study, not its end: it is recorded as `{"diverged": message}` (and in `study_diverged.txt`
-    of its directory, so a rerun does not train it again), and the study goes on.
-    """
+def finished_result(config) -> dict | None:
+    """The result of a cell that has finished (its result.json, or its divergence), else None."""
     path = os.path.join(config.train.model_dir, "result.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -202,6 +198,21 @@ def run_cell(config) -> dict:
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as f:
             return {"diverged": f.read().strip(), "reused": True}
+    return None
+
+
+def run_cell(config) -> dict:
+    """Trains one cell (or reads its finished result.json).
+
+    A cell whose loss becomes NaN (a low temperature without l2 normalisation, say) is a result of
+    the study, not its end: it is recorded as `{"diverged": message}` (and in `study_diverged.txt`
+    of its directory, so a rerun does not train it again), and the study goes on. So is a cell
+    that its time budget (`max_train_minutes`) cut: its result.json says where
+    (`stopped_by`, `train_steps_done`), and a rerun reads it.
+    """
+    finished = finished_result(config)
+    if finished is not None:
+        return finished
     import keras
 
     from simclr_tf import training
@@ -214,7 +225,7 @@ def run_cell(config) -> dict:
     except training.TrainingDiverged as error:
         message = str(error).split(". ")[0]  # "The training loss became nan at step 13"
         os.makedirs(config.train.model_dir, exist_ok=True)
-        with open(marker, "w", encoding="utf-8") as f:
+        with open(os.path.join(config.train.model_dir, DIVERGED), "w", encoding="utf-8") as f:
             f.write(message + "\n")
         return {"diverged": message}
 
@@ -222,21 +233,81 @@ def run_cell(config) -> dict:
 # --- table and picture ------------------------------------------------------------------------------
 
 
+def _joined(values) -> str:
+    return ";".join("" if v is None else str(v) for v in values)
+
+
+def cell_row(point: dict, runs: list[tuple[int | None, dict]], model_dirs: list[str]) -> dict:
+    """One row of the table: a cell's results, over its seeds when `--seeds` ran it more than once.
+
+    Args:
+        point: dict. The cell's values of the axes.
+        runs: list of (seed, results): the seed is None without `--seeds`.
+        model_dirs: list of str. The runs' directories, in the same order.
+
+    Returns:
+        dict: the point, `linear_eval_top1` (the mean over the seeds that did not diverge),
+        `train_seconds` (the mean), `train_steps_done` / `train_steps` / `stopped_by` (what the
+        time budget did), `steps` (the same as text: `41/64 (time budget)` when it cut the run),
+        `model_dir`, `note`; with seeds also `seeds`, `linear_eval_top1_std` (sample standard
+        deviation, `None` for fewer than two values) and `linear_eval_top1_per_seed`. With seeds,
+        the per-run columns hold one value per seed joined by `;`.
+    """
+    seeded = runs[0][0] is not None
+    tops = [linear_eval_top1(results) for _, results in runs]
+    valid = [t for t in tops if t is not None]
+    seconds = [r["train_seconds"] for _, r in runs if r.get("train_seconds") is not None]
+    notes, steps = [], []
+    for seed, results in runs:
+        if results.get("diverged"):
+            notes.append(("" if seed is None else f"seed {seed} ") + f"diverged: {results['diverged']}")
+        done, total = results.get("train_steps_done"), results.get("train_steps")
+        if results.get("stopped_by") == "time_budget":
+            steps.append(f"{done}/{total} (time budget)")
+        elif done is not None:
+            steps.append(f"{done}")
+    row = {**point,
+           "linear_eval_top1": statistics.fmean(valid) if valid else None,
+           "train_seconds": statistics.fmean(seconds) if seconds else None,
+           "steps": steps[0] if len(set(steps)) == 1 else ", ".join(steps),
+           "model_dir": _joined(model_dirs), "note": "; ".join(notes)}
+    per_run = {name: [results.get(name) for _, results in runs]
+               for name in ("train_steps_done", "train_steps", "stopped_by")}
+    if seeded:
+        row.update({name: _joined(values) for name, values in per_run.items()})
+        row.update(seeds=_joined(seed for seed, _ in runs),
+                   linear_eval_top1_std=statistics.stdev(valid) if len(valid) > 1 else None,
+                   linear_eval_top1_per_seed=_joined(tops))
+    else:
+        row.update({name: values[0] for name, values in per_run.items()})
+    return row
+
+
 def write_table(rows: list[dict], axes: list, out: str) -> tuple[str, str]:
+    """`study.csv` (every column of the rows) and `study.md` (the readable table) in `out`."""
     names = [name for name, _ in axes]
-    columns = names + ["linear_eval_top1", "train_seconds", "model_dir", "note"]
+    seeded = any("seeds" in row for row in rows)
+    columns = names + ["linear_eval_top1"]
+    if seeded:
+        columns += ["linear_eval_top1_std", "seeds", "linear_eval_top1_per_seed"]
+    columns += ["train_seconds", "train_steps_done", "train_steps", "stopped_by", "model_dir", "note"]
     csv_path, md_path = os.path.join(out, "study.csv"), os.path.join(out, "study.md")
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(names) + " | linear-eval top-1 | train s | note |",
-             "|" + "---|" * (len(names) + 3)]
+    accuracy = "linear-eval top-1"
+    if seeded:
+        accuracy += f" (mean ± std, seeds {rows[0]['seeds'].replace(';', ',')})"
+    lines = ["| " + " | ".join(names) + f" | {accuracy} | train s | steps | note |",
+             "|" + "---|" * (len(names) + 4)]
     for row in rows:
         top1 = "" if row["linear_eval_top1"] is None else f"{row['linear_eval_top1']:.1%}"
+        if top1 and row.get("linear_eval_top1_std") is not None:
+            top1 += f" ± {row['linear_eval_top1_std']:.1%}"
         seconds = "" if row.get("train_seconds") is None else f"{row['train_seconds']:.0f}"
         lines.append("| " + " | ".join(f"`{row[n]}`" for n in names)
-                     + f" | {top1} | {seconds} | {row.get('note') or ''} |")
+                     + f" | {top1} | {seconds} | {row.get('steps') or ''} | {row.get('note') or ''} |")
     with open(md_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return csv_path, md_path
@@ -399,11 +470,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], help="NAME=VALUE for every cell (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a few minutes on digits (see QUICK)")
     parser.add_argument("--title", default=None, help="title of the picture; default: the out folder")
+    parser.add_argument("--cell_minutes", type=float, default=None,
+                        help="time budget of each cell's training in minutes (max_train_minutes): a "
+                             "cell stops there, is evaluated, and the table says at which step")
+    parser.add_argument("--seeds", default=None,
+                        help="run each cell once per seed, e.g. 0,1,2: the table shows mean ± std, "
+                             "the picture the mean")
     return parser
 
 
-def plan(args) -> tuple[list, list[dict], list]:
-    """The study's axes, its cells' points and their validated configs, before anything trains."""
+def parse_seeds(text: str | None) -> list[int] | None:
+    """`--seeds=0,1,2` as [0, 1, 2]; None without the option."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds takes distinct non-negative integers, e.g. 0,1,2. Received: {text!r}.")
+    return seeds
+
+
+def plan(args) -> tuple[list, list[dict], list[list]]:
+    """The study's axes, its cells' points and their validated configs, before anything trains.
+
+    Returns:
+        (axes, points, configs): `configs[i]` lists the configs of cell `i`, one per seed of
+        `--seeds` (in `cell_<i>_<values>_seed<s>`), or its one config without `--seeds`.
+    """
     base = dict(QUICK) if args.quick else {}
     if args.base:
         base.update(read_flagfile(args.base))
@@ -412,17 +507,40 @@ def plan(args) -> tuple[list, list[dict], list]:
         if not equals:
             raise ValueError(f"--set takes NAME=VALUE. Received: {item!r}.")
         base[name] = parse_value(name, value)
+    if args.cell_minutes is not None:
+        base["max_train_minutes"] = args.cell_minutes
+    seeds = parse_seeds(args.seeds)
     axes = build_grid(args)
     points = [dict(zip([n for n, _ in axes], combo, strict=True))
               for combo in itertools.product(*[v for _, v in axes])]
-    configs = [make_config({**base, **cell_settings(p)}, os.path.join(args.out, f"cell_{i}_{_slug(p)}"))
-               for i, p in enumerate(points)]
-    for config in configs:  # every cell checked before the first one trains
+    configs = []
+    for i, point in enumerate(points):
+        settings = {**base, **cell_settings(point)}
+        folder = os.path.join(args.out, f"cell_{i}_{_slug(point)}")
+        if seeds is None:
+            configs.append([make_config(settings, folder)])
+        else:
+            configs.append([make_config({**settings, "seed": seed}, f"{folder}_seed{seed}")
+                            for seed in seeds])
+    for config in itertools.chain(*configs):  # every cell checked before the first one trains
         config.resolved().validate()
     return axes, points, configs
 
 
-def main(argv=None) -> int:
+def _duration(seconds: float) -> str:
+    """41 s, 5 min 10 s, 1 h 05 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def main(argv=None, *, clock=time.monotonic) -> int:
+    """The command: plan every cell, run (or read) them in order with a progress line, then the
+    table and the picture. `clock` (seconds) times the cells for the progress line; tests pass a
+    fake one."""
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):  # a recipe file first; the arguments after it add to it
@@ -437,27 +555,44 @@ def main(argv=None) -> int:
         parser.error(str(error))
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    rows, start, trained = [], time.time(), 0
-    for i, (point, config) in enumerate(zip(points, configs, strict=True)):
-        began = time.time()
+    seeded = args.seeds is not None
+    runs = [(i, config) for i, cell in enumerate(configs) for config in cell]
+    results_of = [[] for _ in points]  # per cell: (seed, results)
+    start, spent = clock(), []  # seconds of each run trained by this process
+    for r, (i, config) in enumerate(runs):
+        began = clock()
         results = run_cell(config)
-        trained += not results.get("reused")
-        elapsed = time.time() - start
-        eta = elapsed / trained * sum(1 for _ in points[i + 1:]) if trained else 0.0
+        ended = clock()
+        if not results.get("reused"):
+            spent.append(ended - began)
+        seed = config.train.seed if seeded else None
+        results_of[i].append((seed, results))
+        # The eta: the mean time of the runs trained so far, times the runs still to train
+        # (finished ones are read, not trained); unknown until one has trained.
+        left = sum(1 for _, later in runs[r + 1:] if finished_result(later) is None)
+        eta = _duration(statistics.fmean(spent) * left) if spent else ("0 s" if not left else "unknown")
         top1 = linear_eval_top1(results)
-        note = f"diverged: {results['diverged']}" if results.get("diverged") else ""
-        rows.append({**point, "linear_eval_top1": top1, "train_seconds": results.get("train_seconds"),
-                     "model_dir": config.train.model_dir, "note": note})
-        shown = note or ("none" if top1 is None else f"{top1:.1%}")
-        print(f"cell {i + 1}/{len(points)} {point}: linear-eval top-1 {shown} "
-              f"({'reused' if results.get('reused') else f'{time.time() - began:.0f} s'}), eta {eta:.0f} s",
-              flush=True)
+        shown = (f"diverged: {results['diverged']}" if results.get("diverged")
+                 else "none" if top1 is None else f"{top1:.1%}")
+        if results.get("stopped_by") == "time_budget":
+            shown += (f" (time budget: stopped at step {results['train_steps_done']} of "
+                      f"{results['train_steps']})")
+        label = f"cell {i + 1}/{len(points)}"
+        if seeded:
+            label += f" seed {seed} (run {r + 1}/{len(runs)})"
+        took = "reused" if results.get("reused") else _duration(ended - began)
+        print(f"{label} {points[i]}: linear-eval top-1 {shown} ({took}), elapsed {_duration(ended - start)}, "
+              f"eta {eta}", flush=True)
+    rows = [cell_row(point, results_of[i], [c.train.model_dir for c in configs[i]])
+            for i, point in enumerate(points)]
     csv_path, md_path = write_table(rows, axes, args.out)
-    png = draw_picture(rows, axes, os.path.join(args.out, "study.png"),
-                       args.title or os.path.basename(os.path.normpath(args.out)))
+    title = args.title or os.path.basename(os.path.normpath(args.out))
+    if seeded and len(configs[0]) > 1:
+        title += f", mean of {len(configs[0])} seeds"
+    png = draw_picture(rows, axes, os.path.join(args.out, "study.png"), title)
     with open(md_path, encoding="utf-8") as f:
         print(f.read(), end="")
-    print(f"Wrote {csv_path}, {md_path} and {png} in {time.time() - start:.0f} s.")
+    print(f"Wrote {csv_path}, {md_path} and {png} in {clock() - start:.0f} s.")
     return 0
 
 

@@ -173,7 +173,7 @@ def test_a_diverged_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
         rows = list(csv.DictReader(f))
     assert [(r["linear_eval_top1"], r["note"]) for r in rows] == [
         ("", "diverged: The training loss became nan at step 13"), ("0.9", "")]
-    assert "| `0.05` |  |  | diverged: The training loss became nan at step 13 |" in open(
+    assert "| `0.05` |  |  |  | diverged: The training loss became nan at step 13 |" in open(
         os.path.join(out, "study.md")).read()
     assert os.path.exists(os.path.join(out, "study.png")) and calls == [0.05, 0.5]
     assert study.main(argv) == 0 and calls == [0.05, 0.5, 0.5]  # the diverged cell is not retried
@@ -203,3 +203,153 @@ def test_quick_study_of_2x2_cells_end_to_end_and_resumed(tmp_path, capsys):
         assert json.load(f)["augment"]["view_b"] == "crop,rotate,crop"
     assert study.main(argv) == 0  # finished cells are read, not retrained
     assert capsys.readouterr().out.count("(reused)") == 4
+
+
+# --- a time budget per cell, seeds per cell ---------------------------------------------------------
+
+
+def test_cell_minutes_and_seeds_reach_every_cells_config(tmp_path):
+    path = tmp_path / "r.flags"
+    path.write_text("--out=runs/x\n--quick\n--grid=temperature=0.1;0.5\n--cell_minutes=2.5\n--seeds=0,3\n")
+    argv = study.read_recipe(str(path))
+    assert argv[-4:] == ["--cell_minutes", "2.5", "--seeds", "0,3"]
+    axes, points, configs = study.plan(study._parser().parse_args(argv))
+    assert [len(cell) for cell in configs] == [2, 2]
+    got = [(c.loss.temperature, c.train.seed, c.train.max_train_minutes, os.path.basename(c.train.model_dir))
+           for cell in configs for c in cell]
+    assert got == [(0.1, 0, 2.5, "cell_0_0.1_seed0"), (0.1, 3, 2.5, "cell_0_0.1_seed3"),
+                   (0.5, 0, 2.5, "cell_1_0.5_seed0"), (0.5, 3, 2.5, "cell_1_0.5_seed3")]
+    # Without them: one config a cell, in the folder it always had, and no budget.
+    axes, points, configs = study.plan(_args("--quick", "--grid", "temperature=0.1;0.5"))
+    assert [(len(cell), os.path.basename(cell[0].train.model_dir), cell[0].train.max_train_minutes)
+            for cell in configs] == [(1, "cell_0_0.1", 0.0), (1, "cell_1_0.5", 0.0)]
+    for bad in ("0,0", "a,b", "-1", ""):
+        with pytest.raises(ValueError, match="--seeds takes distinct non-negative integers"):
+            study.plan(_args("--quick", "--grid", "temperature=0.1", "--seeds", bad))
+    from simclr_tf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="`max_train_minutes` must be a non-negative number"):
+        study.plan(_args("--quick", "--grid", "temperature=0.1", "--cell_minutes", "-1"))
+
+
+def test_the_table_says_which_cells_the_budget_cut_and_the_progress_line_has_elapsed_and_eta(
+        tmp_path, monkeypatch, capsys):
+    """No training here: `train` is replaced by one that honours a budget of 30 steps' worth."""
+    from simclr_tf import training
+
+    seen = []
+
+    def fake_train(config, strategy):
+        seen.append(config.train.max_train_minutes)
+        steps = {0.1: 30, 0.5: 12}[config.loss.temperature]  # 0.5: cut by the budget at step 12
+        return {"accuracies": [{"protocol": "linear_eval", "top1": 0.9}], "train_seconds": 2.0,
+                "train_steps": 30, "train_steps_done": steps,
+                "stopped_by": "time_budget" if steps < 30 else None}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    out = str(tmp_path / "s")
+    assert study.main(["--out", out, "--quick", "--grid", "temperature=0.1;0.5", "--cell_minutes", "4"]) == 0
+    assert seen == [4.0, 4.0]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("cell 1/2 {'temperature': 0.1}: linear-eval top-1 90.0% (")
+    assert ", elapsed " in printed[0] and printed[0].endswith(" s")  # the eta of one more cell
+    assert "(time budget: stopped at step 12 of 30)" in printed[1] and printed[1].endswith("eta 0 s")
+    with open(os.path.join(out, "study.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["train_steps_done"], r["train_steps"], r["stopped_by"]) for r in rows] == [
+        ("30", "30", ""), ("12", "30", "time_budget")]
+    table = open(os.path.join(out, "study.md")).read()
+    assert "| `0.1` | 90.0% | 2 | 30 |  |" in table
+    assert "| `0.5` | 90.0% | 2 | 12/30 (time budget) |  |" in table
+
+
+def test_progress_eta_counts_only_the_cells_left_to_train(tmp_path, monkeypatch, capsys):
+    """A finished cell after the current one is read, not trained: the eta leaves it out."""
+    import json
+
+    from simclr_tf import training
+
+    monkeypatch.setattr(training, "train", lambda config, strategy: {
+        "accuracies": [{"protocol": "linear_eval", "top1": 0.5}], "train_seconds": 1.0})
+    ticks = iter(range(0, 10_000, 100))  # every clock reading 100 s later
+    out = tmp_path / "s"
+    args = ["--out", str(out), "--quick", "--grid", "temperature=0.1;0.2;0.5"]
+    _, _, configs = study.plan(_args(*args[2:]))
+    last = out / os.path.basename(configs[2][0].train.model_dir)  # the last cell finished already
+    last.mkdir(parents=True)
+    (last / "result.json").write_text(json.dumps({"accuracies": [{"protocol": "linear_eval", "top1": 0.7}]}))
+    assert study.main(args, clock=lambda: next(ticks)) == 0
+    lines = capsys.readouterr().out.splitlines()[:3]
+    # Readings: start 0; cell 1 from 100 to 200 (100 s) -> 1 cell left to train (the third is done).
+    assert lines[0].endswith("(1 min 40 s), elapsed 3 min 20 s, eta 1 min 40 s"), lines[0]
+    assert lines[1].endswith("eta 0 s") and "(reused)" in lines[2] and "70.0%" in lines[2]
+
+
+def test_seeds_give_mean_and_std_per_cell(tmp_path, monkeypatch, capsys):
+    """No training here: the stand-in's accuracy depends on the seed and the temperature."""
+    from simclr_tf import training
+
+    accuracy = {(0.1, 0): 0.90, (0.1, 1): 0.94, (0.1, 2): 0.95, (0.5, 0): 0.80, (0.5, 1): 0.82}
+
+    def fake_train(config, strategy):
+        key = (config.loss.temperature, config.train.seed)
+        if key not in accuracy:
+            raise training.TrainingDiverged("The training loss became nan at step 5. Nothing was saved")
+        return {"accuracies": [{"protocol": "linear_eval", "top1": accuracy[key]}],
+                "train_seconds": 1.0 + key[1], "train_steps": 30, "train_steps_done": 30 - 10 * key[1],
+                "stopped_by": "time_budget" if key[1] else None}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    out = str(tmp_path / "s")
+    assert study.main(["--out", out, "--quick", "--grid", "temperature=0.1;0.5", "--seeds", "0,1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert "cell 2/2 seed 2 (run 6/6) {'temperature': 0.5}: linear-eval top-1 diverged" in printed
+    with open(os.path.join(out, "study.csv")) as f:
+        rows = list(csv.DictReader(f))
+    first = [0.90, 0.94, 0.95]
+    assert float(rows[0]["linear_eval_top1"]) == pytest.approx(np.mean(first))
+    assert float(rows[0]["linear_eval_top1_std"]) == pytest.approx(np.std(first, ddof=1))
+    assert float(rows[1]["linear_eval_top1"]) == pytest.approx(0.81)  # the diverged seed left out
+    assert float(rows[1]["linear_eval_top1_std"]) == pytest.approx(np.std([0.80, 0.82], ddof=1))
+    assert rows[1]["linear_eval_top1_per_seed"] == "0.8;0.82;" and rows[0]["seeds"] == "0;1;2"
+    assert rows[0]["train_steps_done"] == "30;20;10" and rows[0]["stopped_by"] == ";time_budget;time_budget"
+    assert float(rows[0]["train_seconds"]) == pytest.approx(2.0)  # the mean of 1, 2 and 3
+    assert rows[1]["note"] == "seed 2 diverged: The training loss became nan at step 5"
+    assert len(rows[0]["model_dir"].split(";")) == 3
+    table = open(os.path.join(out, "study.md")).read()
+    assert "linear-eval top-1 (mean ± std, seeds 0,1,2)" in table
+    assert f"| `0.1` | {np.mean(first):.1%} ± {np.std(first, ddof=1):.1%} | 2 | " \
+           "30, 20/30 (time budget), 10/30 (time budget) |  |" in table
+
+
+@pytest.mark.slow
+def test_a_real_study_whose_cells_are_cut_by_their_budget(tmp_path, monkeypatch):
+    """Two cells of 8 steps each, a budget of 3 minutes a cell, a fake clock moving one minute a
+    step: each cell stops, is saved and evaluated at step 3, and study.csv says so."""
+    import functools
+
+    import tensorflow as tf
+
+    from simclr_tf.training import callbacks
+
+    class MinutePerCall:
+        now = 0.0
+
+        def __call__(self):
+            self.now += 60.0
+            return self.now
+
+    monkeypatch.setattr(callbacks, "TimeBudget", functools.partial(callbacks.TimeBudget,
+                                                                   clock=MinutePerCall()))
+    out = str(tmp_path / "s")
+    assert study.main(["--out", out, "--quick", "--grid", "temperature=0.1;0.5", "--cell_minutes", "3",
+                       "--set", "resnet_depth=10", "--set", "train_steps=8", "--set", "checkpoint_steps=100",
+                       "--set", "train_batch_size=16"]) == 0
+    with open(os.path.join(out, "study.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["train_steps_done"], r["train_steps"], r["stopped_by"]) for r in rows] == [
+        ("3", "8", "time_budget")] * 2
+    assert all(0.0 < float(r["linear_eval_top1"]) <= 1.0 for r in rows)
+    for row in rows:
+        assert tf.train.latest_checkpoint(row["model_dir"]).endswith("ckpt-3")
+    assert "| 3/8 (time budget) |" in open(os.path.join(out, "study.md")).read()
