@@ -27,13 +27,16 @@ Next to it, `encoder.keras` holds the encoder as a Keras 3 model that
 the same forms as the SavedModel (`simclr_tf.models.images.ImageEncoder`; `import
 simclr_tf.models.layers` first). `encoder_plain.keras` holds the bare encoder, for plain Keras 3
 without `simclr_tf` (unless it uses selective kernels or squeeze-excitation layers): its batch norms
-are Keras' own `BatchNormalization` (the fused layer the encoder trains with is an implementation
-detail), and it takes float images `(batch_size, height, width, 3)` in [0, 1] only (a plain Keras
-model casts uint8 to float without scaling it).
+and convolutions are Keras' own `BatchNormalization` and `Conv2D` (the fused batch norm and the
+convolution with a fast input gradient that the encoder trains with are implementation details),
+and it takes float images `(batch_size, height, width, 3)` in [0, 1] only (a plain Keras model
+casts uint8 to float without scaling it). `encoder.keras` keeps the fast convolution, for
+fine-tuning on a CPU.
 
 Loading the SavedModel logs no warning, and gradients flow through it: the exported graphs are
-traced without `global_bn`'s all-reduce (on one replica a sum of one value), whose custom
-gradient TensorFlow cannot save ("Will likely fail if a gradient is requested").
+traced without `global_bn`'s all-reduce (on one replica a sum of one value) and with TensorFlow's
+own convolution gradient: a custom gradient TensorFlow cannot save ("Will likely fail if a
+gradient is requested").
 
 Exports go to `<export_dir>/<global step>/`, written to a temporary directory first and renamed
 into place, so a reader never sees half an export; the newest `keep` exports are kept. Each export
@@ -59,6 +62,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.models.batch_norm import BatchNormalization
+from simclr_tf.models.conv import Conv2D
 from simclr_tf.models.images import (
     FLOAT_DTYPES,
     INTEGER_WHITE,
@@ -105,23 +109,30 @@ def _standardize_in_graph(images):
 
 
 @contextlib.contextmanager
-def _unsynchronized_batch_norms(parts):
-    """Batch norms traced for the export without the cross-replica all-reduce of `global_bn`.
+def _traceable_for_export(parts):
+    """Layers traced for the export without a Python gradient function of ours.
 
-    A saved graph runs on one replica, where the all-reduce sums one value; but it is an identity
-    with a custom gradient, whose gradient function holds another: loading such a SavedModel
-    printed "Will likely fail if a gradient is requested" for each (gradients worked). The
-    statistics are the same without it.
+    A SavedModel cannot store a Python gradient function: loading one with such functions printed
+    "Will likely fail if a gradient is requested" for each (gradients worked). So the export traces
+    the batch norms of `global_bn` without their cross-replica all-reduce (an identity with a custom
+    gradient; a saved graph runs on one replica, where it sums one value), and `simclr_tf`'s
+    `Conv2D` with TensorFlow's own gradient. The outputs are the same either way.
     """
-    layers = [layer for part in parts if part is not None for layer in part._flatten_layers()
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
-    for layer in layers:
+    flat = [layer for part in parts if part is not None for layer in part._flatten_layers()]
+    norms = [layer for layer in flat
+             if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+    convs = [layer for layer in flat if isinstance(layer, Conv2D) and layer.forward_input_gradient]
+    for layer in norms:
         layer.synchronized = False
+    for layer in convs:
+        layer.forward_input_gradient = False
     try:
         yield
     finally:
-        for layer in layers:
+        for layer in norms:
             layer.synchronized = True
+        for layer in convs:
+            layer.forward_input_gradient = True
 
 
 def _tf_variables(variables):
@@ -159,8 +170,8 @@ def build_export_module(model, *, include_heads=True, image_size=None):
     selector = getattr(model, "ft_proj_selector", 0)
 
     def features(images, training):
-        # Traced here and again by tf.saved_model.save: each time without the all-reduce.
-        with _unsynchronized_batch_norms([encoder, projection_head, supervised_head]):
+        # Traced here and again by tf.saved_model.save: each time without our gradient functions.
+        with _traceable_for_export([encoder, projection_head, supervised_head]):
             outputs = encoder_features(encoder, images, training=training)
             if projection_head is not None:
                 h = outputs["final_avg_pool"]
@@ -248,9 +259,8 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
         module = build_export_module(model, include_heads=include_heads, image_size=image_size)
         serving = module.call_inference.get_concrete_function()
         tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
-        plain = with_keras_batch_norm(model.encoder)
-        ImageEncoder(plain).save(os.path.join(tmp, KERAS_FILE))
-        plain.save(os.path.join(tmp, PLAIN_KERAS_FILE))
+        ImageEncoder(with_keras_batch_norm(model.encoder)).save(os.path.join(tmp, KERAS_FILE))
+        with_keras_batch_norm(model.encoder, convolutions=True).save(os.path.join(tmp, PLAIN_KERAS_FILE))
         if image_size:
             with open(os.path.join(tmp, "image_size.txt"), "w", encoding="utf-8") as f:
                 f.write(f"{int(image_size)}\n")
@@ -285,22 +295,26 @@ def _disk_full(error):
     return getattr(error, "errno", None) == 28 or "No space left on device" in text
 
 
-def with_keras_batch_norm(encoder):
+def with_keras_batch_norm(encoder, convolutions: bool = False):
     """The encoder with Keras' own `BatchNormalization` in place of `simclr_tf`'s fused subclass.
 
     Layers other than the batch norms are shared with `encoder`, not copied (no second set of
     weights for a large model); each batch norm becomes a Keras layer of the same config holding a
-    copy of its four weights. Batch norms inside custom layers (selective kernels) stay, as the
-    custom layer needs `simclr_tf` to load anyway. An encoder without our batch norm (a user's
-    encoder) is returned as it is.
+    copy of its four weights. With `convolutions`, `simclr_tf`'s `Conv2D` (its fast input gradient)
+    becomes Keras' own the same way, so the result loads with plain Keras. Layers inside custom
+    layers (selective kernels) stay, as the custom layer needs `simclr_tf` to load anyway. An
+    encoder without our layers (a user's encoder) is returned as it is.
     """
-    if not any(type(layer) is BatchNormalization for layer in encoder._flatten_layers()):
+    swapped = (BatchNormalization, Conv2D) if convolutions else (BatchNormalization,)
+    if not any(type(layer) in swapped for layer in encoder._flatten_layers()):
         return encoder
 
     def clone(layer):
-        if type(layer) is not BatchNormalization:
+        if type(layer) not in swapped:
             return layer
-        plain = keras.layers.BatchNormalization.from_config(layer.get_config())
+        parent = (keras.layers.BatchNormalization if type(layer) is BatchNormalization
+                  else keras.layers.Conv2D)
+        plain = parent.from_config(layer.get_config())
         plain.build_from_config(layer.get_build_config())
         plain.set_weights(layer.get_weights())
         return plain

@@ -19,6 +19,7 @@ from keras import layers, ops
 
 from simclr_tf.models import images as _images  # noqa: F401  (registers ImageEncoder for .keras files)
 from simclr_tf.models.batch_norm import check_batch_norm_decay, make_batch_norm
+from simclr_tf.models.conv import Conv2D
 from simclr_tf.validation import check_number, check_positive_int
 
 
@@ -113,7 +114,7 @@ class SelectiveKernelConv2D(keras.layers.Layer):
             if strides > 1
             else None
         )
-        self.conv = layers.Conv2D(
+        self.conv = Conv2D(
             2 * filters,
             3,
             strides=strides,

@@ -52,6 +52,7 @@ from keras import layers
 
 from simclr_tf.config import RESNET_DEPTHS
 from simclr_tf.models.batch_norm import BATCH_NORM_EPSILON, check_batch_norm_decay, make_batch_norm
+from simclr_tf.models.conv import Conv2D
 from simclr_tf.models.layers import (
     SelectiveKernelConv2D,
     SqueezeExcitation,
@@ -143,7 +144,7 @@ class _Builder:
             padding = "valid"
         else:
             padding = "same"
-        return layers.Conv2D(
+        return Conv2D(
             filters,
             kernel_size,
             strides=strides,

@@ -1,0 +1,145 @@
+"""2-D convolution whose input gradient is computed by forward convolutions.
+
+TensorFlow's CPU kernel for the gradient of a convolution with respect to its input,
+`Conv2DBackpropInput`, is slow where the feature maps are small and the channels many: on a
+2-core AVX2 CPU, for a batch of 128, a 3x3 convolution of 512 channels at 2x2 takes 18 ms forward
+and 812 ms for its input gradient (3 GFLOP/s), and the strided 3x3 one from 4x4 to 2x2 takes 307 ms
+(forward 8 ms). ResNet's last stages are such maps (the quickstart's 16 px images end at 2x2), so
+that one op took 72% of the quickstart's training step (`experiments/benchmark.py --profile_dir`).
+
+The input gradient of a convolution is itself a convolution, so it can be computed with the fast
+forward kernel. For a 'valid' convolution of stride `s` and kernel `k`,
+`y[o] = sum_t x[o*s + t] w[t]`, the gradient at an input position `p = q*s + a` (`0 <= a < s`)
+collects the taps `t = m*s + a`:
+
+    dx[q*s + a] = sum_m dy[q - m] w[m*s + a]
+
+a full correlation of `dy` with the reversed sub-kernel `w[a::s]` (its input and output channels
+swapped). In two dimensions that is one forward convolution per phase `(a, b)` (one for stride 1,
+four for stride 2), whose results interleave into `dx`: exactly the multiply-adds of the native
+op, none spent on inserted zeros. 'same' padding is padding the input first and cropping the
+gradient after. The kernel's gradient keeps TensorFlow's `Conv2DBackpropFilter`, which is fast.
+
+`Conv2D` is a drop-in subclass of `keras.layers.Conv2D` (same arguments, variables, checkpoints and
+saved config) that takes this path for what the ResNet uses: 2-D, channels-last, no dilation or
+groups, with the TensorFlow backend; anything else is the parent's code. The gradients agree with
+TensorFlow's own up to float32 rounding (`tests/test_conv.py`).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'SAME' padding (before, after) of one spatial dimension."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def input_gradient(dy, kernel, input_shape, strides):
+    """The gradient of a 'valid' convolution with respect to its input, by forward convolutions.
+
+    Args:
+        dy: (batch, out_h, out_w, out_channels) gradient of the convolution's output.
+        kernel: (k_h, k_w, in_channels, out_channels) the convolution's kernel.
+        input_shape: (height, width) of the convolution's (padded) input; static ints.
+        strides: (s_h, s_w) static ints.
+
+    Returns:
+        (batch, height, width, in_channels) gradient with respect to the input.
+    """
+    height, width = input_shape
+    k_h, k_w = int(kernel.shape[0]), int(kernel.shape[1])
+    s_h, s_w = strides
+    out_h, out_w = int(dy.shape[1]), int(dy.shape[2])
+    rows, cols = -(-height // s_h), -(-width // s_w)  # positions q of each phase
+    phases = []
+    for a in range(s_h):
+        row = []
+        for b in range(s_w):
+            taps_h, taps_w = len(range(a, k_h, s_h)), len(range(b, k_w, s_w))
+            if taps_h == 0 or taps_w == 0:  # e.g. a 1x1 kernel of stride 2: no tap reaches (a, b)
+                row.append(tf.zeros([tf.shape(dy)[0], rows, cols, kernel.shape[2]], dy.dtype))
+                continue
+            # The sub-kernel w[a::s, b::s], reversed in space, its channels swapped (out -> in);
+            # a full correlation: taps - 1 zeros before, enough after for `rows` x `cols` outputs.
+            sub = tf.reverse(kernel[a::s_h, b::s_w], axis=[0, 1])
+            sub = tf.transpose(sub, [0, 1, 3, 2])
+            padded = tf.pad(dy, [[0, 0], [taps_h - 1, rows - out_h], [taps_w - 1, cols - out_w], [0, 0]])
+            row.append(tf.nn.conv2d(padded, sub, strides=1, padding="VALID"))
+        phases.append(row)
+    if s_h == 1 and s_w == 1:
+        return phases[0][0]
+    # Interleave: dx[q*s_h + a, r*s_w + b] = phases[a][b][q, r], then crop to the input size.
+    stacked = tf.stack([tf.stack(row, axis=3) for row in phases], axis=2)  # (n, rows, s_h, cols, s_w, c)
+    batch = tf.shape(dy)[0]
+    dx = tf.reshape(stacked, [batch, rows * s_h, cols * s_w, kernel.shape[2]])
+    return dx[:, :height, :width, :]
+
+
+def conv2d(inputs, kernel, strides, padding):
+    """`tf.nn.conv2d` (channels-last, no dilation) whose input gradient is `input_gradient`."""
+    strides = tuple(int(s) for s in strides)
+    padding = padding.upper()
+
+    @tf.custom_gradient
+    def convolve(x, w):
+        if padding == "SAME":
+            pad_h = _same_padding(int(x.shape[1]), int(w.shape[0]), strides[0])
+            pad_w = _same_padding(int(x.shape[2]), int(w.shape[1]), strides[1])
+            padded = tf.pad(x, [[0, 0], list(pad_h), list(pad_w), [0, 0]])
+        else:
+            pad_h = pad_w = (0, 0)
+            padded = x
+        y = tf.nn.conv2d(padded, w, strides=(1, *strides, 1), padding="VALID")
+
+        def grad(dy):
+            centred = pad_h == pad_w == ((w.shape[0] - 1) // 2,) * 2 and w.shape[0] == w.shape[1]
+            if strides == (1, 1) and centred:
+                # Stride 1, 'same', a square odd kernel: one 'same' convolution of the reversed kernel.
+                flipped = tf.transpose(tf.reverse(w, axis=[0, 1]), [0, 1, 3, 2])
+                dx = tf.nn.conv2d(dy, flipped, strides=1, padding="SAME")
+            else:
+                dx = input_gradient(dy, w, (int(padded.shape[1]), int(padded.shape[2])), strides)
+                dx = dx[:, pad_h[0]:pad_h[0] + int(x.shape[1]), pad_w[0]:pad_w[0] + int(x.shape[2]), :]
+            dw = tf.raw_ops.Conv2DBackpropFilter(
+                input=padded, filter_sizes=tf.shape(w), out_backprop=dy,
+                strides=(1, *strides, 1), padding="VALID")
+            return dx, dw
+
+        return y, grad
+
+    # The kernel's value, read here: a variable read inside `convolve` would need its own gradient.
+    return convolve(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose input gradient runs as forward convolutions (see the module).
+
+    Attributes:
+        forward_input_gradient: bool. Take this module's path where it applies (default True);
+            False gives the parent's convolution (the export traces with it: a SavedModel stores
+            no Python gradient function).
+
+    Args:
+        **kwargs: as `keras.layers.Conv2D`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forward_input_gradient = True
+
+    def _forward_gradient(self, inputs) -> bool:
+        return (self.forward_input_gradient and keras.backend.backend() == "tensorflow"
+                and self.data_format == "channels_last"
+                and self.groups == 1 and tuple(self.dilation_rate) == (1, 1)
+                and len(inputs.shape) == 4 and None not in tuple(inputs.shape[1:]))
+
+    def convolution_op(self, inputs, kernel):
+        if not self._forward_gradient(inputs):
+            return super().convolution_op(inputs, kernel)
+        return conv2d(inputs, kernel, self.strides, self.padding)
