@@ -40,6 +40,16 @@ SETTINGS = {  # column -> (its title, train_labels_per_class, train_label_fracti
     "2_per_class": ("2 labels per class", 2, 1.0),
     "10pct": ("10% of labels", 0, 0.1),
 }
+VALIDATION_SPLIT = "validation"  # not a split of digits: training images are held out instead
+# --tune: the candidate settings, tried in order on the validation part with 2 labels per class;
+# each stage keeps its best (ties: the earlier) for the stages after it. The distillation stage
+# trains the smaller student (row 6, the cheaper one); rows 5 and 6 share its choice.
+TUNING = (
+    ("finetune", "finetune", ({"finetune_learning_rate": 0.001}, {"finetune_learning_rate": 0.002},
+                              {"finetune_learning_rate": 0.005})),
+    ("distill", "small_distill", ({"distill_temperature": 1.0}, {"distill_temperature": 0.1},
+                                  {"distill_temperature": 1.0, "distill_learning_rate": 0.3})),
+)
 ROWS = (
     ("pixels", "logistic regression on raw pixels"),
     ("scratch", "ResNet-18 from scratch, labels only"),
@@ -77,7 +87,16 @@ def _parse(argv):
                              "`finetune`, run before or in the same call).")
     parser.add_argument("--target", type=float, default=0.88,
                         help="Top-1 that fine-tuned + distilled must reach with 2 labels per class.")
+    parser.add_argument("--tune", action="store_true",
+                        help="Instead of the table: choose the fine-tuning and distillation settings "
+                             "(`TUNING`) on a validation part of the training images, with 2 labels "
+                             "per class drawn from the rest; the held-out digits:test are not read.")
+    parser.add_argument("--validation_fraction", type=float, default=0.2,
+                        help="With --tune: the fraction of each class of the 1,437 training images "
+                             "held out for validation (seeded by the runs' seed).")
     args = parser.parse_args(argv)
+    if not 0.0 < args.validation_fraction < 1.0:
+        parser.error(f"--validation_fraction must be in (0, 1), e.g. 0.2; got {args.validation_fraction}")
     # Absolute paths: the runs name each other (teacher, checkpoint) from any working directory.
     args.out = os.path.abspath(args.out)
     args.pretrained = args.pretrained and os.path.abspath(args.pretrained)
@@ -108,8 +127,13 @@ def pretrain_config(args):
     )
 
 
-def run_configs(args, pretrained_dir: str, setting: str) -> dict:
-    """Row name -> Config of the trained rows of one column (`setting`)."""
+def run_configs(args, pretrained_dir: str, setting: str, validation: float = 0.0) -> dict:
+    """Row name -> Config of the trained rows of one column (`setting`).
+
+    With `validation` > 0 every run trains on the training images less a stratified part of that
+    fraction (drawn by the runs' seed), draws its labels from the rest, and is evaluated on that
+    part: the held-out digits:test are never loaded (`--tune`).
+    """
     from simclr_tf.config import FROM_SCRATCH, load_config
 
     pretrained = load_config(pretrained_dir)
@@ -117,6 +141,8 @@ def run_configs(args, pretrained_dir: str, setting: str) -> dict:
     folder = os.path.join(args.out, setting)
     data = dataclasses.replace(pretrained.data, train_labels_per_class=per_class,
                                train_label_fraction=fraction)
+    if validation:  # a split digits does not have: the library holds out `eval_fraction` instead
+        data = dataclasses.replace(data, eval_split=VALIDATION_SPLIT, eval_fraction=validation)
     # Fine-tuning as SimCLRv2 (appendix B.5): the whole network, Nesterov momentum, no weight decay
     # or warm-up; the learning rate is not scaled with the (tiny) batch of labelled images.
     finetune = dataclasses.replace(
@@ -255,6 +281,9 @@ def main(argv=None) -> int:
     if pretrained.model.num_proj_layers != 3:
         print(f"Note: {pretrained_dir} has a {pretrained.model.num_proj_layers}-layer projection head; "
               "SimCLRv2 fine-tunes from the first of 3.", flush=True)
+    if args.tune:
+        tune(args, pretrained_dir)
+        return 0
     with open(os.path.join(pretrained_dir, "result.json")) as f:
         pretrain_result = json.load(f)
     image_size, seed = pretrained.image_size, pretrained.train.seed
@@ -321,6 +350,66 @@ def main(argv=None) -> int:
               f"(target {args.target:.0%}): {'reached' if reached >= args.target else 'NOT reached'}")
         return 0 if reached >= args.target else 3
     return 0
+
+
+def candidate_name(overrides: dict) -> str:
+    """A run folder's name for a candidate, e.g. `finetune_learning_rate=0.002`."""
+    return ",".join(f"{key}={value}" for key, value in overrides.items()) or "defaults"
+
+
+def tune(args, pretrained_dir: str, train=None) -> dict:
+    """Try the `TUNING` candidates on the validation part; the chosen values and every score.
+
+    Each stage trains its row once per candidate (on top of the values chosen so far) into
+    `<out>/tune/<stage>/<candidate>` and keeps the best validation top-1; a distillation's teacher
+    is the best fine-tuned run. `train` (Config -> (result, seconds)) defaults to `_train`.
+    """
+    import keras
+
+    train = train or _train
+    chosen, stages = {}, []
+    teacher = None
+    for stage, row, candidates in TUNING:
+        scores = []
+        for overrides in candidates:
+            values = {**chosen, **overrides}
+            trial = argparse.Namespace(**{**vars(args), **values, "out": os.path.join(
+                args.out, "tune", stage, candidate_name(overrides))})
+            config = run_configs(trial, pretrained_dir, "2_per_class",
+                                 validation=args.validation_fraction)[row]
+            if teacher is not None:
+                config = dataclasses.replace(config, train=dataclasses.replace(config.train, teacher=teacher))
+            print(f"\n=== tune {stage}: {candidate_name(overrides)} ({config.train.model_dir}) ===",
+                  flush=True)
+            result, seconds = train(config)
+            if "held-out" not in str(result.get("eval_split")):
+                raise RuntimeError(f"{config.train.model_dir} was not evaluated on the validation part.")
+            scores.append({"overrides": overrides, "top1": float(result["eval_top1"]),
+                           "examples": result.get("eval_examples"), "seconds": seconds,
+                           "model_dir": config.train.model_dir})
+            keras.backend.clear_session()
+        best = max(range(len(scores)), key=lambda i: (scores[i]["top1"], -i))
+        chosen.update(scores[best]["overrides"])
+        if row == "finetune":
+            teacher = scores[best]["model_dir"]
+        stages.append({"stage": stage, "row": row, "scores": scores, "best": best})
+    lines = ["| stage | candidate | validation top-1 | wall |", "|---|---|---|---|"]
+    for entry in stages:
+        for i, score in enumerate(entry["scores"]):
+            mark = " (chosen)" if i == entry["best"] else ""
+            lines.append(f"| {entry['stage']} | {candidate_name(score['overrides'])}{mark} | "
+                         f"{score['top1']:.1%} of {score['examples']} | {score['seconds']:.0f} s |")
+    markdown = "\n".join(lines)
+    print(markdown)
+    print("chosen: " + " ".join(f"--{key}={value}" for key, value in chosen.items()), flush=True)
+    summary = {"chosen": chosen, "stages": stages, "validation_fraction": args.validation_fraction,
+               "pretrained": pretrained_dir}
+    os.makedirs(os.path.join(args.out, "tune"), exist_ok=True)
+    with open(os.path.join(args.out, "tune", "tune.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(args.out, "tune", "tune.md"), "w") as f:
+        f.write(markdown + "\n")
+    return summary
 
 
 def build_pretrained_encoder(config, run_dir):

@@ -103,3 +103,63 @@ def test_the_experiment_end_to_end_on_a_tiny_budget(tmp_path):
     assert summary["parameters"]["small_distill"]["encoder"] < summary["parameters"]["finetune"]["encoder"]
     for name in ("finetune", "self_distill", "small_distill"):
         assert (out / "2_per_class" / name / "result.json").exists()
+
+
+def test_validation_runs_hold_out_training_images_and_never_read_the_test_digits(tmp_path):
+    from simclr_tf.config import save_config
+    from simclr_tf.data.sources import load_source, source_labels
+    from simclr_tf.training.inputs import data_splits, labelled_subset
+
+    ssd = _module()
+    args = ssd._parse(["--out", str(tmp_path), "--tune"])
+    save_config(ssd.pretrain_config(args), str(tmp_path / "pretrain"))
+    configs = ssd.run_configs(args, str(tmp_path / "pretrain"), "2_per_class", validation=0.2)
+    for config in configs.values():
+        config.resolved().validate()
+    splits = data_splits(configs["finetune"].resolved())
+    assert "held-out 20%" in splits.eval_name and "test" not in splits.eval_name
+    train_labels, eval_labels = source_labels(splits.train), source_labels(splits.eval)
+    assert len(train_labels) + len(eval_labels) == 1437
+    # stratified: each class gives a fifth of its images (rounded) to the validation part
+    all_labels = source_labels(load_source("digits", "train"))
+    for cls in range(10):
+        assert (eval_labels == cls).sum() == round(0.2 * (all_labels == cls).sum())
+    # the validation images are none of the training images (compare the pixels)
+    train_images = {bytes(np.asarray(x)) for x, _ in splits.train.dataset}
+    assert not any(bytes(np.asarray(x)) in train_images for x, _ in splits.eval.dataset)
+    labelled = source_labels(labelled_subset(configs["finetune"].resolved(), splits.train))
+    assert sorted(labelled) == sorted(list(range(10)) * 2)
+
+
+def test_tune_keeps_the_best_candidate_of_each_stage_and_distils_its_teacher(tmp_path):
+    from simclr_tf.config import save_config
+
+    ssd = _module()
+    args = ssd._parse(["--out", str(tmp_path), "--tune"])
+    save_config(ssd.pretrain_config(args), str(tmp_path / "pretrain"))
+    (fine_key, _), = ssd.TUNING[0][2][1].items()
+    best_lr = ssd.TUNING[0][2][1][fine_key]  # the stand-in scores the second candidate best
+    seen = []
+
+    def stand_in(config):
+        seen.append(config)
+        assert config.data.eval_split == ssd.VALIDATION_SPLIT and config.data.eval_fraction == 0.2
+        if config.train.train_mode == "finetune":
+            top1 = 0.9 - abs(config.optimizer.learning_rate - best_lr)
+        else:
+            top1 = 0.5 + 0.1 * (config.train.distill_temperature < 1) + 0.01 * config.optimizer.learning_rate
+        return {"eval_top1": top1, "eval_examples": 288, "eval_split": "digits:train held-out 20%"}, 1.0
+
+    summary = ssd.tune(args, str(tmp_path / "pretrain"), train=stand_in)
+    candidates = [c for _, _, stage in ssd.TUNING for c in stage]
+    assert len(seen) == len(candidates)
+    assert summary["chosen"]["finetune_learning_rate"] == best_lr
+    best_temperature = min(c.get("distill_temperature", 1.0) for _, _, stage in ssd.TUNING[1:] for c in stage)
+    assert summary["chosen"]["distill_temperature"] == best_temperature
+    finetunes = [c for c in seen if c.train.train_mode == "finetune"]
+    teacher = [c.train.model_dir for c in finetunes if c.optimizer.learning_rate == best_lr]
+    for config in seen[len(finetunes):]:
+        assert config.train.teacher == teacher[0] and config.model.resnet_depth == 10
+        assert config.train.model_dir.startswith(str(tmp_path / "tune" / "distill"))
+    assert json.loads((tmp_path / "tune" / "tune.json").read_text())["chosen"] == summary["chosen"]
+    assert (tmp_path / "tune" / "tune.md").read_text().count("(chosen)") == len(ssd.TUNING)
