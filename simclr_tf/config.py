@@ -59,6 +59,8 @@ SMALL_DATASETS = ("digits", "synthetic", "folder")
 # implement them import these names (the ResNet its depths, the heads their modes, ...).
 MODES = ("train", "eval", "train_then_eval")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
+# What teacher and student see when distilling (`TrainConfig.distill_augment`).
+DISTILL_AUGMENTS = ("same", "student_crop", "student_simclr")
 # `--checkpoint=none`: fine-tune from random weights, on purpose (a baseline trained from scratch).
 FROM_SCRATCH = "none"
 RESNET_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
@@ -467,6 +469,11 @@ class TrainConfig:
             distillation loss (SimCLRv2, eq. 2).
         distill_alpha: weight of the cross-entropy on labelled images added to the distillation
             loss (0: the teacher's predictions alone, as in the paper).
+        distill_augment: what the images of a distillation step are. `same` (the paper's): teacher
+            and student see one crop-and-flip view (as fine-tuning's); `student_crop`: the student
+            sees that view, the teacher the un-augmented (evaluation) image; `student_simclr`: the
+            student sees a pretraining view (`augment`'s `view_a`: crop, colour, ...), the teacher
+            the un-augmented image (Noisy-Student style; not in the original code).
     """
 
     mode: str = "train_then_eval"
@@ -499,6 +506,7 @@ class TrainConfig:
     teacher: str | None = None
     distill_temperature: float = 1.0
     distill_alpha: float = 0.0
+    distill_augment: str = "same"
 
     @property
     def init_checkpoint(self) -> str | None:
@@ -521,6 +529,10 @@ class TrainConfig:
                    f"{self.train_mode!r}. Add --train_mode=distill or drop --teacher.")
         _positive("distill_temperature", self.distill_temperature)
         _positive("distill_alpha", self.distill_alpha, allow_zero=True)
+        _one_of("distill_augment", self.distill_augment, DISTILL_AUGMENTS)
+        _check(self.train_mode == "distill" or self.distill_augment == "same",
+               f"`distill_augment` is read only with `train_mode=distill`, but train_mode is "
+               f"{self.train_mode!r}. Add --train_mode=distill or drop --distill_augment.")
         _check(
             -1 <= self.fine_tune_after_block <= 4,
             f"`fine_tune_after_block` must be in [-1, 4]. Received: {self.fine_tune_after_block!r}.",

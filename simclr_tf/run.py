@@ -158,6 +158,10 @@ _FLAG_SPECS = [
      "Softmax temperature of the distillation loss (SimCLRv2: 1.0 big-to-small, 0.1 self-distillation)."),
     ("distill_alpha", "train", "distill_alpha", float,
      "Weight of the cross-entropy on labelled images added to the distillation loss (0: none)."),
+    ("distill_augment", "train", "distill_augment", str,
+     "What a distillation step shows: same (teacher and student one crop-and-flip view, the paper's), "
+     "student_crop (the student that view, the teacher the un-augmented image) or student_simclr "
+     "(the student a pretraining view with colour, the teacher the un-augmented image)."),
     # runtime
     ("strategy", "runtime", "strategy", str, "default, mirrored, multi_worker or tpu."),
     ("tpu_name", "runtime", "tpu_name", str, "TPU name for the cluster resolver."),
