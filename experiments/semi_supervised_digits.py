@@ -42,13 +42,17 @@ SETTINGS = {  # column -> (its title, train_labels_per_class, train_label_fracti
 }
 VALIDATION_SPLIT = "validation"  # not a split of digits: training images are held out instead
 # --tune: the candidate settings, tried in order on the validation part with 2 labels per class;
-# each stage keeps its best (ties: the earlier) for the stages after it. The distillation stage
-# trains the smaller student (row 6, the cheaper one); rows 5 and 6 share its choice.
+# each stage keeps its best (ties: the earlier, so the cheaper) for the stages after it. The
+# distillation stage trains the smaller student (row 6, the cheaper one); rows 5 and 6 share its
+# choice. A handful of runs: the machine this was made for has 2 slow cores.
 TUNING = (
     ("finetune", "finetune", ({"finetune_learning_rate": 0.001}, {"finetune_learning_rate": 0.002},
                               {"finetune_learning_rate": 0.005})),
-    ("distill", "small_distill", ({"distill_temperature": 1.0}, {"distill_temperature": 0.1},
-                                  {"distill_temperature": 1.0, "distill_learning_rate": 0.3})),
+    ("distill", "small_distill", (
+        {"distill_steps": 50, "distill_temperature": 1.0, "distill_augment": "same"},
+        {"distill_steps": 50, "distill_temperature": 0.1, "distill_augment": "same"},
+        {"distill_steps": 50, "distill_temperature": 1.0, "distill_augment": "student_simclr"},
+        {"distill_steps": 150, "distill_temperature": 1.0, "distill_augment": "same"})),
 )
 ROWS = (
     ("pixels", "logistic regression on raw pixels"),
@@ -76,6 +80,9 @@ def _parse(argv):
     parser.add_argument("--distill_learning_rate", type=float, default=1.0)
     parser.add_argument("--distill_temperature", type=float, default=1.0)
     parser.add_argument("--distill_alpha", type=float, default=0.0)
+    parser.add_argument("--distill_augment", default="same",
+                        choices=("same", "student_crop", "student_simclr"),
+                        help="What teacher and student see (simclr_tf's --distill_augment).")
     parser.add_argument("--distill_from", choices=("pretrained", "scratch"), default="pretrained",
                         help="Initialise the self-distilled student (row 5) from the pretraining or "
                              "from random weights (the smaller student always starts from random).")
@@ -168,6 +175,7 @@ def run_configs(args, pretrained_dir: str, setting: str, validation: float = 0.0
     distill_train = dataclasses.replace(
         finetune.train, train_mode="distill", teacher=finetune.train.model_dir,
         distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha,
+        distill_augment=args.distill_augment,
         train_steps=args.distill_steps, checkpoint_steps=args.distill_steps,
         checkpoint=pretrained_dir if args.distill_from == "pretrained" else None)
     distill_optimizer = dataclasses.replace(pretrained.optimizer,
