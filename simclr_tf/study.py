@@ -6,9 +6,11 @@
     python -m simclr_tf.study --out runs/study_pairs --quick --pairs "crop;color;blur;rotate"
     python -m simclr_tf.study --out runs/study_t --base experiments/smoke.flags \\
         --grid "temperature=0.1;0.5;1.0" --grid "contrastive_loss=nt_xent;nt_logistic"
+    python -m simclr_tf.study experiments/studies/digits_temperature.flags --cell_minutes 2 --seeds 0,1,2
 
 A recipe (`experiments/studies/*.flags`) is a file of the study's arguments, one per line
-(`--out=...`, `--pairs=...`, `--grid=...`, `--quick`, `--title=...`); any other `--name=value`
+(`--out=...`, `--pairs=...`, `--grid=...`, `--quick`, `--title=...`, `--cell_minutes=...`,
+`--seeds=...`); any other `--name=value`
 line sets that config field for every cell, like `--set name=value`. Arguments after the recipe
 add to it (a later `--out` wins, so `--out /tmp/s` reruns a recipe elsewhere).
 
@@ -29,6 +31,16 @@ with Pillow: the Figure 5 heat map for `--pairs` and grids whose first axis is n
 chart for one such axis), and for a numeric first axis (temperature, projection size, batch size
 x steps) a line plot of the accuracy against it, one line per value of the other axes. A cell
 whose training diverges (NaN loss) is recorded as such and the study goes on.
+
+`--cell_minutes N` is a time budget per cell (the config's `max_train_minutes`): a cell's training
+stops once it has run N minutes, that step is saved and evaluated, and the table says which cells
+it cut and at which step (`train_steps_done`, `stopped_by` in study.csv; `41/64 (time budget)` in
+study.md). Such a cell is finished: a rerun reads it (delete its result.json to train it on from
+its checkpoint). `--seeds 0,1,2` runs every cell once per seed (`cell_<i>_<values>_seed<s>`); the
+table gives the mean and the sample standard deviation over the seeds that did not diverge (each
+seed's value in study.csv), the picture the mean. Each finished run prints a progress line,
+`cell 7/49 {<its values>}: linear-eval top-1 <accuracy> (<its time>), elapsed <time>, eta <time>`,
+the eta being the mean time of the runs trained so far times the runs left to train.
 
 The module is over 450 lines: the grid, its recipes, its table and its two pictures are one tool
 whose parts change together (a new axis kind touches all four).
