@@ -89,3 +89,19 @@ def test_logistic_regression_eval_chooses_c_on_validation_and_scores_held_out():
     assert result["train_examples"] == 200 and result["test_examples"] == 40
     with pytest.raises(ValueError, match="at least two classes"):
         logistic_regression_eval(features, np.zeros(200, int), test_features, test_labels)
+
+
+def test_small_blas_uses_one_thread_for_small_features_only():
+    from threadpoolctl import threadpool_info
+
+    from simclr_tf.evaluation import SINGLE_THREAD_ELEMENTS, small_blas
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    with small_blas(np.zeros((1437, 512))):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before  # restored
+    with small_blas(np.zeros(SINGLE_THREAD_ELEMENTS + 1, np.float32)):
+        assert blas_threads() == before  # a large problem keeps BLAS' own threads
