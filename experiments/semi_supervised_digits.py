@@ -72,7 +72,8 @@ def _parse(argv):
     parser.add_argument("--pretrain_steps", type=int, default=0,
                         help="Pretraining steps (0: the quickstart's 20 epochs).")
     parser.add_argument("--finetune_steps", type=int, default=100, help="Fine-tuning steps (row 4).")
-    parser.add_argument("--finetune_learning_rate", type=float, default=0.002)
+    parser.add_argument("--finetune_learning_rate", type=float, default=0.005,
+                        help="Chosen by --tune (README).")
     parser.add_argument("--scratch_steps", type=int, default=200, help="Training steps of row 2.")
     parser.add_argument("--scratch_learning_rate", type=float, default=0.05,
                         help="Row 2 starts from random weights: a larger step than fine-tuning's.")
