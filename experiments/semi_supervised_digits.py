@@ -23,6 +23,11 @@ is run into `<out>/pretrain` unless `--pretrained` names a finished one. Every t
 run directory under `--out` (`<setting>/<row>`: checkpoints, logs, result.json), and every row's
 wall time is measured and printed. The table is written to `<out>/semi_supervised.md` and `.json`.
 Exit code 3 when fine-tuned + distilled stays below `--target` with 2 labels per class.
+
+`--tune` prints no table: it tries the `TUNING` candidates (fine-tuning learning rate; distillation
+steps, temperature and `--distill_augment`) with 2 labels per class on a validation part of the
+training images (`--validation_fraction`, 20% of each class, seeded), never loading digits:test,
+and writes `<out>/tune/tune.md` and `.json`; the defaults of this script are its choices.
 """
 
 from __future__ import annotations
