@@ -20,7 +20,9 @@ One run prints, for this machine:
 - the peak resident memory of the process.
 
 Experiments: `--keras_batch_norm` builds the encoder with Keras 3's composite batch norm instead of
-our fused-kernel layer (the gain of the fusion), `--precision mixed_bfloat16` times the
+our fused-kernel layer (the gain of the fusion), `--native_conv_gradient` takes TensorFlow's
+`Conv2DBackpropInput` for the convolutions' input gradient instead of our forward convolutions
+(`simclr_tf/models/conv.py`; the gain of that), `--precision mixed_bfloat16` times the
 mixed-precision step, `--inter_op_threads` / `--intra_op_threads` set TensorFlow's thread pools,
 and environment variables (`XLA_FLAGS`, `TF_*`) apply as usual.
 
@@ -65,6 +67,7 @@ import tensorflow as tf
 
 from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, OptimizerConfig
 from simclr_tf.models.build import build_model
+from simclr_tf.models.conv import Conv2D
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import build_optimizer
 from simclr_tf.schedules import WarmupCosineDecay
@@ -278,6 +281,7 @@ def build_train_model(
     global_bn: bool | None = None,
     num_classes: int = 10,
     keras_batch_norm: bool = False,
+    native_conv_gradient: bool = False,
 ) -> SimCLRModel:
     """A compiled SimCLR model as `simclr_tf.train` builds it (LARS, warm-up + cosine, online linear head).
 
@@ -291,6 +295,9 @@ def build_train_model(
         num_classes: classes of the online linear head (0: none).
         keras_batch_norm: build the encoder with Keras' composite batch norm instead of the fused
             one (an experiment: `build_model(..., fused_batch_norm=False)`).
+        native_conv_gradient: the convolutions' input gradient by TensorFlow's
+            `Conv2DBackpropInput` instead of forward convolutions (an experiment: every
+            `simclr_tf.models.conv.Conv2D` with `forward_input_gradient = False`).
 
     Returns:
         The built, compiled `SimCLRModel` with its optimizer built.
@@ -308,6 +315,10 @@ def build_train_model(
         optimizer=OptimizerConfig(optimizer="lars", weight_decay=1e-6),
     ).resolved()
     model = build_model(config, num_classes, fused_batch_norm=not keras_batch_norm)
+    if native_conv_gradient:
+        for layer in model._flatten_layers():
+            if isinstance(layer, Conv2D):
+                layer.forward_input_gradient = False
     learning_rate = WarmupCosineDecay(0.3 * case.batch_size / 256, warmup_steps=10, total_steps=1000)
     optimizer = build_optimizer("lars", learning_rate, momentum=0.9, weight_decay=1e-6)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -584,7 +595,7 @@ def _clear_session() -> None:
 def run_step_benchmarks(
     cases: Sequence[Case], jit_modes: Sequence[bool], *, warmup_steps: int, steps: int,
     max_seconds: float | None = None, global_bn: bool | None = None, keras_batch_norm: bool = False,
-    log: Callable[[str], None] = print,
+    native_conv_gradient: bool = False, log: Callable[[str], None] = print,
 ) -> list[StepRow]:
     """Times the training step of every case in every XLA mode (a fresh model each)."""
     rows = []
@@ -593,7 +604,8 @@ def run_step_benchmarks(
         for jit_compile in jit_modes:
             _clear_session()
             model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
-                                      keras_batch_norm=keras_batch_norm)
+                                      keras_batch_norm=keras_batch_norm,
+                                      native_conv_gradient=native_conv_gradient)
             batch = synthetic_batch(case.batch_size, case.image_size)
             if forward_flops is None:
                 forward_flops = model_flops_per_image(model, case.image_size)
@@ -666,6 +678,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keras_batch_norm", action="store_true",
                         help="experiment: the encoder uses Keras' composite batch norm instead of the "
                              "fused kernel")
+    parser.add_argument("--native_conv_gradient", action="store_true",
+                        help="experiment: the convolutions' input gradient by TensorFlow's "
+                             "Conv2DBackpropInput instead of forward convolutions")
     parser.add_argument("--inter_op_threads", type=int, default=0,
                         help="tf.config.threading inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--intra_op_threads", type=int, default=0,
@@ -707,7 +722,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     keras.mixed_precision.set_global_policy(args.precision)
     print(f"simclr_tf benchmark: TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores, precision {args.precision}"
-          f"{', Keras composite batch norm' if args.keras_batch_norm else ''}; {load_average()}", flush=True)
+          f"{', Keras composite batch norm' if args.keras_batch_norm else ''}"
+          f"{', native conv input gradient' if args.native_conv_gradient else ''}; {load_average()}",
+          flush=True)
     started = time.perf_counter()
 
     peak_gflops, peak_per_cpu = args.peak, None
@@ -732,7 +749,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("\ntraining steps (warm-up excluded):", flush=True)
         rows = run_step_benchmarks(cases, jit_modes, warmup_steps=args.warmup_steps, steps=args.steps,
                                    max_seconds=args.max_seconds_per_case, global_bn=global_bn,
-                                   keras_batch_norm=args.keras_batch_norm)
+                                   keras_batch_norm=args.keras_batch_norm,
+                                   native_conv_gradient=args.native_conv_gradient)
         print()
         print(format_table(rows, peak_gflops, peak_per_cpu))
         print(f"  ({load_average()}; 'cores': CPU time / wall time of the process during the timed steps)")
