@@ -81,6 +81,11 @@ def test_layer_takes_the_parent_path_where_it_does_not_apply():
     assert not Conv2D(2, 3, dilation_rate=2)._forward_gradient(x)
     assert not Conv2D(4, 3, groups=2)._forward_gradient(x)
     assert not Conv2D(2, 3)._forward_gradient(keras.KerasTensor([None, None, None, 2]))
+    # Strided: only to a small output map (4x4 = 16 positions at most).
+    assert Conv2D(2, 3, strides=2, padding="same")._forward_gradient(x)  # 8x8 -> 4x4
+    assert not Conv2D(2, 3, strides=2, padding="same")._forward_gradient(tf.zeros([1, 9, 9, 2]))  # 5x5
+    assert Conv2D(2, 3, strides=2)._forward_gradient(tf.zeros([1, 10, 10, 2]))  # valid: 10 -> 4
+    assert not Conv2D(2, 3, strides=2)._forward_gradient(tf.zeros([1, 18, 18, 2]))  # valid: 18 -> 8
     layer = Conv2D(2, 3)
     layer.forward_input_gradient = False
     assert not layer._forward_gradient(x)
