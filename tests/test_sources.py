@@ -495,6 +495,26 @@ def test_subset_source_in_memory_and_streamed(digits_test):
         subset_source(digits_test, [0, 360])
 
 
+def test_a_subset_permuted_or_subset_again_holds_its_own_examples(digits_test):
+    # Training reads every source through `permuted_source`, and a subset of a subset is a label
+    # draw of a held-out part: both must read the subset's examples, not the parent's first ones.
+    all_images, all_labels = _materialise(digits_test.dataset)
+    indices = [5, 7, 100, 250]
+    picked = subset_source(digits_test, indices)
+    shuffled = sources.permuted_source(picked, seed=3)
+    images, labels = _materialise(shuffled.dataset)
+    expected = {all_images[i].tobytes(): all_labels[i] for i in indices}
+    assert sorted(im.tobytes() for im in images) == sorted(expected)
+    for image, label in zip(images, labels, strict=True):
+        assert label == expected[image.tobytes()]
+    np.testing.assert_array_equal(shuffled.labels, labels)  # the `labels` field matches the stream
+
+    inner = subset_source(picked, [1, 3])  # picked's 2nd and 4th: digits 7 and 250
+    images, labels = _materialise(sources.permuted_source(inner, seed=0).dataset)
+    assert sorted(im.tobytes() for im in images) == sorted(all_images[i].tobytes() for i in (7, 250))
+    assert sorted(labels) == sorted(all_labels[[7, 250]])
+
+
 def test_subset_of_a_folder_reads_only_the_selected_files(tmp_path):
     for k in range(6):
         _save(Image.new("RGB", (8, 8), (k * 10, 0, 0)), str(tmp_path / ("a" if k < 3 else "b") / f"{k}.png"))

@@ -351,6 +351,10 @@ def subset_source(source: Source, indices: Sequence[int] | np.ndarray) -> Source
     if labels is None and source._read_labels is not None:
         parent_read_labels = source._read_labels
         read_labels = lambda: np.asarray(parent_read_labels())[indices]
+    select = None
+    if source._select is not None:  # random access into the subset: positions within `indices`
+        parent_select = source._select
+        select = lambda positions: parent_select(indices[np.asarray(positions, np.int64)])
     return dataclasses.replace(
         source,
         dataset=dataset,
@@ -358,4 +362,5 @@ def subset_source(source: Source, indices: Sequence[int] | np.ndarray) -> Source
         name=f"{source.name}[subset {indices.size}]",
         labels=labels,
         _read_labels=read_labels,
+        _select=select,
     )
