@@ -39,7 +39,7 @@ study.md). Such a cell is finished: a rerun reads it (delete its result.json to 
 its checkpoint). `--seeds 0,1,2` runs every cell once per seed (`cell_<i>_<values>_seed<s>`); the
 table gives the mean and the sample standard deviation over the seeds that did not diverge (each
 seed's value in study.csv), the picture the mean. Each finished run prints a progress line,
-`cell 7/49 {<its values>}: linear-eval top-1 <accuracy> (<its time>), elapsed <time>, eta <time>`,
+`cell 7/49 {<its values>}: linear-eval top-1 <accuracy> on <split> (<its time>), elapsed <time>, eta <time>`,
 the eta being the mean time of the runs trained so far times the runs left to train.
 
 The module is over 450 lines: the grid, its recipes, its table and its two pictures are one tool
@@ -193,6 +193,14 @@ def linear_eval_top1(results: dict) -> float | None:
         if entry["protocol"] == "linear_eval":
             return float(entry["top1"])
     return None
+
+
+def _split_of(results: dict) -> str:
+    """' on <split> (<n> images)' of the linear evaluation in `results`, or ''."""
+    for entry in results.get("accuracies", []):
+        if entry["protocol"] == "linear_eval" and entry.get("split"):
+            return f" on {entry['split']} ({entry['examples']} images)"
+    return ""
 
 
 DIVERGED = "study_diverged.txt"  # in a cell's directory: its training diverged; not retried
@@ -585,7 +593,7 @@ def main(argv=None, *, clock=time.monotonic) -> int:
         eta = _duration(statistics.fmean(spent) * left) if spent else ("0 s" if not left else "unknown")
         top1 = linear_eval_top1(results)
         shown = (f"diverged: {results['diverged']}" if results.get("diverged")
-                 else "none" if top1 is None else f"{top1:.1%}")
+                 else "none" if top1 is None else f"{top1:.1%}{_split_of(results)}")
         if results.get("stopped_by") == "time_budget":
             shown += (f" (time budget: stopped at step {results['train_steps_done']} of "
                       f"{results['train_steps']})")

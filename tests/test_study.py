@@ -242,7 +242,8 @@ def test_the_table_says_which_cells_the_budget_cut_and_the_progress_line_has_ela
     def fake_train(config, strategy):
         seen.append(config.train.max_train_minutes)
         steps = {0.1: 30, 0.5: 12}[config.loss.temperature]  # 0.5: cut by the budget at step 12
-        return {"accuracies": [{"protocol": "linear_eval", "top1": 0.9}], "train_seconds": 2.0,
+        return {"accuracies": [{"protocol": "linear_eval", "top1": 0.9, "split": "digits:test",
+                                "examples": 360}], "train_seconds": 2.0,
                 "train_steps": 30, "train_steps_done": steps,
                 "stopped_by": "time_budget" if steps < 30 else None}
 
@@ -251,7 +252,8 @@ def test_the_table_says_which_cells_the_budget_cut_and_the_progress_line_has_ela
     assert study.main(["--out", out, "--quick", "--grid", "temperature=0.1;0.5", "--cell_minutes", "4"]) == 0
     assert seen == [4.0, 4.0]
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("cell 1/2 {'temperature': 0.1}: linear-eval top-1 90.0% (")
+    assert printed[0].startswith("cell 1/2 {'temperature': 0.1}: linear-eval top-1 90.0% on digits:test "
+                                 "(360 images) (")
     assert ", elapsed " in printed[0] and printed[0].endswith(" s")  # the eta of one more cell
     assert "(time budget: stopped at step 12 of 30)" in printed[1] and printed[1].endswith("eta 0 s")
     with open(os.path.join(out, "study.csv")) as f:
