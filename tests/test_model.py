@@ -220,7 +220,13 @@ def test_mixed_precision_step_matches_float32(policy):
                                        zip(reference.trainable_variables, before, strict=True)])
     assert np.all(np.isfinite(update))
     cosine = update @ reference_update / (np.linalg.norm(update) * np.linalg.norm(reference_update))
-    assert cosine > 0.99
+    # A CPU without native bfloat16 (AVX2 only) runs TensorFlow's emulated bfloat16 kernels, which
+    # round more than the native ones: 0.985 measured there (2026-12-07, with TensorFlow's own and
+    # with simclr_tf's convolution gradient alike); `--precision=auto` never picks bfloat16 there.
+    from simclr_tf.precision import cpu_flags
+
+    native = policy != "mixed_bfloat16" or bool((cpu_flags() or frozenset()) & {"avx512_bf16", "amx_bf16"})
+    assert cosine > (0.99 if native else 0.98)
     np.testing.assert_allclose(np.linalg.norm(update), np.linalg.norm(reference_update), rtol=0.05)
 
 
