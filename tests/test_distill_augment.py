@@ -11,8 +11,8 @@ import tensorflow as tf
 from simclr_tf.config import Config, ConfigError, TrainConfig
 from simclr_tf.data import views
 from simclr_tf.data.sources import load_source
+from simclr_tf.models.distill import DistillationModel
 from simclr_tf.models.simclr import SimCLRModel
-from simclr_tf.training.distill import SeparateViewsDistillation
 from simclr_tf.training.inputs import distill_pair_dataset
 
 SIZE, CLASSES = 8, 4
@@ -40,7 +40,7 @@ def _model(seed, batch_norm):
 @pytest.mark.parametrize("temperature", [0.1, 1.0])
 def test_student_learns_on_its_images_what_the_teacher_predicts_on_its_own(temperature):
     student, teacher = _model(0, batch_norm=False), _model(1, batch_norm=True)
-    model = SeparateViewsDistillation(student, teacher, temperature=temperature)
+    model = DistillationModel(student, teacher, temperature=temperature)
     model.build((None, SIZE, SIZE, 3))
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     rng = np.random.default_rng(2)

@@ -49,6 +49,11 @@ def _per_example_loss(teacher_logits, student_logits, temperature):
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=student_logits / temperature)
 
 
+def _student_images(images):
+    """The student's images of a batch: the batch, or the first of a (student, teacher) pair."""
+    return images[0] if isinstance(images, (tuple, list)) else images
+
+
 def _check_models(student, teacher):
     for name, model in (("student", student), ("teacher", teacher)):
         if not isinstance(model, SimCLRModel):
@@ -168,9 +173,14 @@ class DistillationModel(keras.Model):
         return tf.stop_gradient(tf.cast(self.teacher(images, training=False)["logits_sup"], tf.float32))
 
     def _batch_losses(self, images, labels, training):
-        """This replica's share of the global batch's losses; updates the metrics."""
-        teacher_logits = self.teacher_logits(images)
-        logits = self.student_logits(images, training=training)
+        """This replica's share of the global batch's losses; updates the metrics.
+
+        `images` is one batch both networks see, or a pair `(student_images, teacher_images)`
+        (`--distill_augment=student_crop|student_simclr`: the teacher sees the un-augmented image).
+        """
+        student_images, teacher_images = images if isinstance(images, (tuple, list)) else (images, images)
+        teacher_logits = self.teacher_logits(teacher_images)
+        logits = self.student_logits(student_images, training=training)
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
         labelled = tf.cast(labels >= 0, tf.float32)
         safe_labels = tf.where(labels >= 0, labels, tf.zeros_like(labels))
@@ -211,7 +221,7 @@ class DistillationModel(keras.Model):
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if not self.built:
-            self.build(tuple(images.shape))
+            self.build(tuple(_student_images(images).shape))
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
         variables = self.trainable_variables  # the student's: the teacher is frozen
@@ -232,7 +242,7 @@ class DistillationModel(keras.Model):
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if not self.built:
-            self.build(tuple(images.shape))
+            self.build(tuple(_student_images(images).shape))
         distill, supervised = self._batch_losses(images, labels, training=False)
         self.total_loss_tracker.update_state(distill + self.alpha * supervised)
         return {m.name: m.result() for m in (self.total_loss_tracker, self.distill_loss_tracker,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -97,47 +96,10 @@ def load_teacher(config: Config, strategy, data_num_classes: int):
     return teacher
 
 
-class SeparateViewsDistillation(DistillationModel):
-    """A `DistillationModel` whose batches are `((student_images, teacher_images), labels)`.
-
-    The student learns on its (augmented) images what the teacher predicts on its own (the
-    un-augmented ones, `--distill_augment=student_crop|student_simclr`); a batch of plain images
-    serves both, as in `DistillationModel`.
-    """
-
-    def build(self, input_shape):
-        if isinstance(input_shape, (tuple, list)) and isinstance(input_shape[0], (tuple, list)):
-            input_shape = input_shape[0]
-        super().build(input_shape)
-
-    def train_step(self, data):
-        images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
-        return super().train_step((_Views(*images) if isinstance(images, (tuple, list)) else images,
-                                   labels) + (() if weights is None else (weights,)))
-
-    def student_logits(self, images, training=False):
-        return super().student_logits(images.student if isinstance(images, _Views) else images, training)
-
-    def teacher_logits(self, images):
-        return super().teacher_logits(images.teacher if isinstance(images, _Views) else images)
-
-
-class _Views(tuple):
-    """`(student_images, teacher_images)`; `.shape` is the student's (read by `train_step`)."""
-
-    def __new__(cls, student, teacher):
-        return super().__new__(cls, (student, teacher))
-
-    student = property(lambda self: self[0])
-    teacher = property(lambda self: self[1])
-    shape = property(lambda self: self[0].shape)
-
-
 def distillation_model(config: Config, strategy, student, optimizer, teacher) -> DistillationModel:
     """The compiled `DistillationModel` of a built, compiled student and its optimizer."""
-    cls = DistillationModel if config.train.distill_augment == "same" else SeparateViewsDistillation
     with strategy.scope():
-        model = cls(student, teacher, temperature=config.train.distill_temperature,
+        model = DistillationModel(student, teacher, temperature=config.train.distill_temperature,
                     alpha=config.train.distill_alpha, name="distillation")
         model.build((None, config.image_size, config.image_size, 3))
         model.compile(optimizer=optimizer, jit_compile=config.train.jit_compile,
