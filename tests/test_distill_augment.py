@@ -10,10 +10,10 @@ import tensorflow as tf
 
 from simclr_tf.config import Config, ConfigError, TrainConfig
 from simclr_tf.data import views
+from simclr_tf.data.pipeline import build_distill_pair_dataset as distill_pair_dataset
 from simclr_tf.data.sources import load_source
 from simclr_tf.models.distill import DistillationModel
 from simclr_tf.models.simclr import SimCLRModel
-from simclr_tf.training.inputs import distill_pair_dataset
 
 SIZE, CLASSES = 8, 4
 

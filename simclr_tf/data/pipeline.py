@@ -329,3 +329,27 @@ def build_eval_dataset(
     )
     dataset = dataset.batch(batch_size, drop_remainder=False)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(input_context))
+
+
+def build_distill_pair_dataset(source: Source, *, global_batch_size: int, image_size: int,
+                         augment, student_view: str, seed: int = 0, cache: bool = False,
+                         input_context=None, start_step: int = 0):
+    """Endless batches of `((student_images, teacher_images), labels)` for a distillation.
+
+    The teacher's image is the un-augmented one (`views.eval_preprocess`); the student's is the
+    fine-tuning crop and flip (`student_view="crop"`) or a pretraining view (`"simclr"`: the policy
+    `augment.view_a`, crop, colour, ...). Order, seeds and resume as `build_finetune_dataset`.
+    """
+    if student_view not in ("crop", "simclr"):
+        raise ValueError(f"`student_view` must be 'crop' or 'simclr'. Received: {student_view!r}.")
+    augment = views.resolve_augment(augment, image_size)
+    view = views.finetune_preprocess if student_view == "crop" else views.augment_view
+
+    def preprocess(image, label, element_seed):
+        student = view(image, element_seed, image_size=image_size, augment=augment)
+        return (student, views.eval_preprocess(image, image_size=image_size)), label
+
+    return _training_stream(
+        source, preprocess, global_batch_size=global_batch_size, seed=seed, cache=cache,
+        input_context=input_context, start_step=start_step, shuffle_buffer=10000,
+    )

@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from simclr_tf.config import Config, DataConfig
-from simclr_tf.data import pipeline, sources, views
+from simclr_tf.data import pipeline, sources
 from simclr_tf.distribute import distribute_dataset
 
 
@@ -121,37 +121,13 @@ def num_classes_for(config: Config, splits: DataSplits) -> int:
     return splits.num_classes if wants_labels else 0
 
 
-def distill_pair_dataset(source: sources.Source, *, global_batch_size: int, image_size: int,
-                         augment, student_view: str, seed: int = 0, cache: bool = False,
-                         input_context=None, start_step: int = 0):
-    """Endless batches of `((student_images, teacher_images), labels)` for a distillation.
-
-    The teacher's image is the un-augmented one (`views.eval_preprocess`); the student's is the
-    fine-tuning crop and flip (`student_view="crop"`) or a pretraining view (`"simclr"`: the policy
-    `augment.view_a`, crop, colour, ...). Order, seeds and resume as `pipeline.build_finetune_dataset`.
-    """
-    if student_view not in ("crop", "simclr"):
-        raise ValueError(f"`student_view` must be 'crop' or 'simclr'. Received: {student_view!r}.")
-    augment = views.resolve_augment(augment, image_size)
-    view = views.finetune_preprocess if student_view == "crop" else views.augment_view
-
-    def preprocess(image, label, element_seed):
-        student = view(image, element_seed, image_size=image_size, augment=augment)
-        return (student, views.eval_preprocess(image, image_size=image_size)), label
-
-    return pipeline._training_stream(
-        source, preprocess, global_batch_size=global_batch_size, seed=seed, cache=cache,
-        input_context=input_context, start_step=start_step, shuffle_buffer=10000,
-    )
-
-
 def train_dataset(config: Config, source: sources.Source, strategy, start_step: int):
     """Endless training batches from `start_step` on: two views when pretraining, else one (a
     distillation whose teacher sees the un-augmented image: the student's and the teacher's)."""
     build = (pipeline.build_train_dataset if config.train.train_mode == "pretrain"
              else pipeline.build_finetune_dataset)
     if config.train.train_mode == "distill" and config.train.distill_augment != "same":
-        build = functools.partial(distill_pair_dataset,
+        build = functools.partial(pipeline.build_distill_pair_dataset,
                                   student_view=config.train.distill_augment.removeprefix("student_"))
 
     def make(input_context):
