@@ -332,8 +332,8 @@ def build_eval_dataset(
 
 
 def build_distill_pair_dataset(source: Source, *, global_batch_size: int, image_size: int,
-                         augment, student_view: str, seed: int = 0, cache: bool = False,
-                         input_context=None, start_step: int = 0):
+                               augment, student_view: str, seed: int = 0, cache: bool = False,
+                               input_context=None, start_step: int = 0):
     """Endless batches of `((student_images, teacher_images), labels)` for a distillation.
 
     The teacher's image is the un-augmented one (`views.eval_preprocess`); the student's is the
