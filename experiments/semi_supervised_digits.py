@@ -79,6 +79,8 @@ def _parse(argv):
     parser.add_argument("--finetune_steps", type=int, default=100, help="Fine-tuning steps (row 4).")
     parser.add_argument("--finetune_learning_rate", type=float, default=0.005,
                         help="Chosen by --tune (README).")
+    parser.add_argument("--ft_head_init", default="initializer", choices=("initializer", "linear_probe"),
+                        help="How fine-tuning (row 4) starts its head (simclr_tf's --ft_head_init).")
     parser.add_argument("--scratch_steps", type=int, default=200, help="Training steps of row 2.")
     parser.add_argument("--scratch_learning_rate", type=float, default=0.05,
                         help="Row 2 starts from random weights: a larger step than fine-tuning's.")
@@ -166,6 +168,7 @@ def run_configs(args, pretrained_dir: str, setting: str, validation: float = 0.0
                                       learning_rate_scaling="none", warmup_epochs=0.0, weight_decay=0.0),
         train=dataclasses.replace(
             pretrained.train, train_mode="finetune", fine_tune_after_block=-1, checkpoint=pretrained_dir,
+            ft_head_init=args.ft_head_init,
             train_steps=args.finetune_steps, linear_eval_epochs=0, lineareval_while_pretraining=False,
             keep_checkpoint_max=1, checkpoint_steps=args.finetune_steps,
             model_dir=os.path.join(folder, "finetune")),
@@ -173,13 +176,13 @@ def run_configs(args, pretrained_dir: str, setting: str, validation: float = 0.0
     scratch = dataclasses.replace(
         finetune,
         optimizer=dataclasses.replace(finetune.optimizer, learning_rate=args.scratch_learning_rate),
-        train=dataclasses.replace(finetune.train, checkpoint=FROM_SCRATCH,
+        train=dataclasses.replace(finetune.train, checkpoint=FROM_SCRATCH, ft_head_init="initializer",
                                             train_steps=args.scratch_steps,
                                             checkpoint_steps=args.scratch_steps,
                                             model_dir=os.path.join(folder, "scratch")))
     # Distillation: all training images, the pretraining's optimizer (LARS) and batch.
     distill_train = dataclasses.replace(
-        finetune.train, train_mode="distill", teacher=finetune.train.model_dir,
+        finetune.train, train_mode="distill", teacher=finetune.train.model_dir, ft_head_init="initializer",
         distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha,
         distill_augment=args.distill_augment,
         train_steps=args.distill_steps, checkpoint_steps=args.distill_steps,

@@ -61,6 +61,8 @@ MODES = ("train", "eval", "train_then_eval")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 # What teacher and student see when distilling (`TrainConfig.distill_augment`).
 DISTILL_AUGMENTS = ("same", "student_crop", "student_simclr")
+# How fine-tuning starts its supervised head (`TrainConfig.ft_head_init`).
+FT_HEAD_INITS = ("initializer", "linear_probe")
 # `--checkpoint=none`: fine-tune from random weights, on purpose (a baseline trained from scratch).
 FROM_SCRATCH = "none"
 RESNET_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
@@ -474,6 +476,10 @@ class TrainConfig:
             sees that view, the teacher the un-augmented (evaluation) image; `student_simclr`: the
             student sees a pretraining view (`augment`'s `view_a`: crop, colour, ...), the teacher
             the un-augmented image (Noisy-Student style; not in the original code).
+        ft_head_init: how fine-tuning from a checkpoint starts the supervised head. `initializer`
+            (the original's): its initializer (random, or zero with `zero_init_logits_layer`);
+            `linear_probe`: a logistic regression fitted on the frozen features of the labelled
+            images first (LP-FT; not in the original code; `simclr_tf.training.head_init`).
     """
 
     mode: str = "train_then_eval"
@@ -507,6 +513,7 @@ class TrainConfig:
     distill_temperature: float = 1.0
     distill_alpha: float = 0.0
     distill_augment: str = "same"
+    ft_head_init: str = "initializer"
 
     @property
     def init_checkpoint(self) -> str | None:
@@ -533,6 +540,10 @@ class TrainConfig:
         _check(self.train_mode == "distill" or self.distill_augment == "same",
                f"`distill_augment` is read only with `train_mode=distill`, but train_mode is "
                f"{self.train_mode!r}. Add --train_mode=distill or drop --distill_augment.")
+        _one_of("ft_head_init", self.ft_head_init, FT_HEAD_INITS)
+        _check(self.train_mode == "finetune" or self.ft_head_init == "initializer",
+               f"`ft_head_init` is read only with `train_mode=finetune`, but train_mode is "
+               f"{self.train_mode!r}. Add --train_mode=finetune or drop --ft_head_init.")
         _check(
             -1 <= self.fine_tune_after_block <= 4,
             f"`fine_tune_after_block` must be in [-1, 4]. Received: {self.fine_tune_after_block!r}.",

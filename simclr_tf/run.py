@@ -162,6 +162,9 @@ _FLAG_SPECS = [
      "What a distillation step shows: same (teacher and student one crop-and-flip view, the paper's), "
      "student_crop (the student that view, the teacher the un-augmented image) or student_simclr "
      "(the student a pretraining view with colour, the teacher the un-augmented image)."),
+    ("ft_head_init", "train", "ft_head_init", str,
+     "With --train_mode=finetune: initializer (the head's initializer, as the original) or "
+     "linear_probe (first fit the head as a logistic regression on the frozen features: LP-FT)."),
     # runtime
     ("strategy", "runtime", "strategy", str, "default, mirrored, multi_worker or tpu."),
     ("tpu_name", "runtime", "tpu_name", str, "TPU name for the cluster resolver."),

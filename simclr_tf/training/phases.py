@@ -27,7 +27,7 @@ from simclr_tf.models.build import build_model
 from simclr_tf.optimizers import build_optimizer
 from simclr_tf.schedules import WarmupCosineDecay, compute_schedule
 from simclr_tf.training import callbacks as cbs
-from simclr_tf.training import distill, inputs
+from simclr_tf.training import distill, head_init, inputs
 from simclr_tf.training.callbacks import TrainingDiverged
 
 __all__ = ["TrainingDiverged", "build_for_training", "evaluate", "fit"]
@@ -122,6 +122,13 @@ def fit(config: Config, strategy) -> dict:
     if start_step == 0 and train.init_checkpoint:
         convert.restore_pretrained(model, train.init_checkpoint, train_mode=train.train_mode)
         print(f"Initialised from the checkpoint {train.init_checkpoint}.", flush=True)
+    if start_step == 0 and train.ft_head_init == "linear_probe":
+        with strategy.scope():
+            top1 = head_init.init_head_from_probe(model, source, image_size=config.image_size,
+                                                  batch_size=config.train.eval_batch_size, seed=train.seed)
+        print(f"Supervised head initialised by a linear probe on the frozen features of the "
+              f"{num_examples} labelled training images (--ft_head_init=linear_probe; its top-1 on "
+              f"those training images: {top1:.2%}).", flush=True)
     elif start_step == 0 and train.train_mode == "finetune":
         print("Fine-tuning from random weights (--checkpoint=none).", flush=True)
     if start_step:
