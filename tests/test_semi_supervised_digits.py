@@ -52,6 +52,9 @@ def test_recipes_of_the_trained_rows(tmp_path):
     args = ssd._parse(["--out", str(tmp_path)])
     pretrain = ssd.pretrain_config(args)
     assert pretrain.model.num_proj_layers == 3
+    assert pretrain.resolved().augment.crop_min_area == 0.5 and pretrain.loss.temperature == 0.5
+    other = ssd.pretrain_config(ssd._parse(["--pretrain_crop_min_area=0.2", "--pretrain_temperature=0.1"]))
+    assert other.resolved().augment.crop_min_area == 0.2 and other.loss.temperature == 0.1
     save_config(pretrain, str(tmp_path / "pretrain"))
     configs = ssd.run_configs(args, str(tmp_path / "pretrain"), "2_per_class")
     assert set(configs) == {"scratch", "finetune", "self_distill", "small_distill"}
@@ -137,27 +140,27 @@ def test_tune_keeps_the_best_candidate_of_each_stage_and_distils_its_teacher(tmp
     ssd = _module()
     args = ssd._parse(["--out", str(tmp_path), "--tune"])
     save_config(ssd.pretrain_config(args), str(tmp_path / "pretrain"))
-    (fine_key, _), = ssd.TUNING[0][2][1].items()
-    best_lr = ssd.TUNING[0][2][1][fine_key]  # the stand-in scores the second candidate best
+    best = ssd.TUNING[0][2][1]  # the stand-in scores the second fine-tuning candidate best
     seen = []
 
     def stand_in(config):
         seen.append(config)
         assert config.data.eval_split == ssd.VALIDATION_SPLIT and config.data.eval_fraction == 0.2
         if config.train.train_mode == "finetune":
-            top1 = 0.9 - abs(config.optimizer.learning_rate - best_lr)
+            top1 = 0.9 - abs(config.optimizer.learning_rate - best["finetune_learning_rate"]) - 0.1 * (
+                config.train.ft_head_init != best["ft_head_init"])
         else:
-            top1 = 0.5 + 0.1 * (config.train.distill_temperature < 1) + 0.01 * config.optimizer.learning_rate
+            top1 = 0.5 + 0.1 * (config.train.distill_augment == "student_simclr")
         return {"eval_top1": top1, "eval_examples": 288, "eval_split": "digits:train held-out 20%"}, 1.0
 
     summary = ssd.tune(args, str(tmp_path / "pretrain"), train=stand_in)
     candidates = [c for _, _, stage in ssd.TUNING for c in stage]
     assert len(seen) == len(candidates)
-    assert summary["chosen"]["finetune_learning_rate"] == best_lr
-    best_temperature = min(c.get("distill_temperature", 1.0) for _, _, stage in ssd.TUNING[1:] for c in stage)
-    assert summary["chosen"]["distill_temperature"] == best_temperature
+    assert {k: summary["chosen"][k] for k in best} == best
+    assert summary["chosen"]["distill_augment"] == "student_simclr"
     finetunes = [c for c in seen if c.train.train_mode == "finetune"]
-    teacher = [c.train.model_dir for c in finetunes if c.optimizer.learning_rate == best_lr]
+    teacher = [c.train.model_dir for c in finetunes
+               if (c.optimizer.learning_rate, c.train.ft_head_init) == tuple(best.values())]
     for config in seen[len(finetunes):]:
         assert config.train.teacher == teacher[0] and config.model.resnet_depth == 10
         assert config.train.model_dir.startswith(str(tmp_path / "tune" / "distill"))
