@@ -11,7 +11,7 @@ import pytest
 from simclr_tf.config import Config, ConfigError, DataConfig, TrainConfig
 from simclr_tf.data.sources import from_arrays
 from simclr_tf.models.simclr import SimCLRModel
-from simclr_tf.training.head_init import PROBE_C, head_inputs, init_head_from_probe, probe_head_weights
+from simclr_tf.training.head_init import PROBE_C, init_head_from_probe, probe_head_weights
 
 
 def _sklearn_probe(features, labels):
@@ -83,7 +83,7 @@ def test_the_model_starts_at_the_probe():
     top1 = init_head_from_probe(model, from_arrays(images, labels), image_size=8, batch_size=5)
 
     x = images.astype(np.float32) / 255.0
-    features = np.asarray(head_inputs(model, x))
+    features = np.asarray(model.supervised_head_input(x))
     assert features.shape == (12, 16)  # the first layer of the projection head, not the encoder
     reference = _sklearn_probe(features, labels)
     logits = np.asarray(model(x, training=False)["logits_sup"])

@@ -279,6 +279,13 @@ class SimCLRModel(keras.Model):
     def _supervised_head_input(self, h, hiddens):
         return hiddens[self.ft_proj_selector] if self.train_mode == "finetune" else ops.stop_gradient(h)
 
+    def supervised_head_input(self, images, training=False):
+        """What the supervised head reads for `images`: in fine-tuning the projection head's layer
+        `ft_proj_selector` (0: the encoder output), else the encoder output."""
+        h = encoder_features(self.encoder, images, training=training)[FEATURE]
+        _, hiddens = self.projection_head(h, training=training)
+        return self._supervised_head_input(h, hiddens)
+
     @property
     def metrics(self):
         listed = [self.total_loss_tracker, self.weight_decay_tracker, self.learning_rate_tracker]
@@ -410,9 +417,7 @@ class SimCLRModel(keras.Model):
             self.build(tuple(x.shape))
         if self.supervised_head is None:
             raise ValueError("Evaluation needs a supervised head: the model has `num_classes=0`.")
-        h = encoder_features(self.encoder, x, training=False)[FEATURE]
-        _, hiddens = self.projection_head(h, training=False)
-        logits = self.supervised_head(self._supervised_head_input(h, hiddens), training=False)
+        logits = self.supervised_head(self.supervised_head_input(x), training=False)
         loss = self._supervised_loss(labels, logits)
         self.total_loss_tracker.update_state(loss)
         return {

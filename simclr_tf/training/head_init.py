@@ -16,17 +16,9 @@ import warnings
 import numpy as np
 
 from simclr_tf.data import pipeline
-from simclr_tf.models.features import FEATURE, encoder_features
 
 # L2 strength of the probe: scikit-learn's default. Too few labels to choose it on a validation part.
 PROBE_C = 1.0
-
-
-def head_inputs(model, images):
-    """What the supervised head of `model` (a SimCLR model in fine-tuning) reads for `images`."""
-    h = encoder_features(model.encoder, images, training=False)[FEATURE]
-    _, hiddens = model.projection_head(h, training=False)
-    return model._supervised_head_input(h, hiddens)
 
 
 def probe_head_weights(features, labels, num_classes, *, C=PROBE_C, seed=0):
@@ -82,7 +74,7 @@ def init_head_from_probe(model, source, *, image_size, batch_size=256, seed=0) -
     dataset = pipeline.build_eval_dataset(source, global_batch_size=batch_size, image_size=image_size)
     features, labels = [], []
     for images, batch_labels in dataset:
-        features.append(np.asarray(head_inputs(model, images), np.float32))
+        features.append(np.asarray(model.supervised_head_input(images), np.float32))
         labels.append(np.asarray(batch_labels).reshape(-1))
     head = model.supervised_head
     kernel, bias, top1 = probe_head_weights(np.concatenate(features), np.concatenate(labels),
