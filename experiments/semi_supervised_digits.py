@@ -110,6 +110,12 @@ def _parse(argv):
                         help="Instead of the table: choose the fine-tuning and distillation settings "
                              "(`TUNING`) on a validation part of the training images, with 2 labels "
                              "per class drawn from the rest; the held-out digits:test are not read.")
+    parser.add_argument("--probe_pretrainings", default=None,
+                        help="Instead of the table: comma-separated pretraining runs, each scored by "
+                             "logistic regression with 2 labels per class (--draws draws from the "
+                             "training images less the validation part) on that validation part, on "
+                             "the encoder output and on the layer fine-tuning reads; digits:test is not "
+                             "read. How the pretraining's settings were chosen (README).")
     parser.add_argument("--validation_fraction", type=float, default=0.2,
                         help="With --tune: the fraction of each class of the 1,437 training images "
                              "held out for validation (seeded by the runs' seed).")
@@ -294,6 +300,9 @@ def main(argv=None) -> int:
     from simclr_tf.config import load_config
     from simclr_tf.data.sources import load_source, source_labels
 
+    if args.probe_pretrainings:
+        probe_pretrainings(args, [os.path.abspath(d) for d in args.probe_pretrainings.split(",") if d])
+        return 0
     started = time.time()
     pretrained_dir, pretrain_seconds = args.pretrained, 0.0
     if pretrained_dir is None:
@@ -376,6 +385,60 @@ def main(argv=None) -> int:
     return 0
 
 
+def probe_pretrainings(args, run_dirs) -> list:
+    """Few-label validation probes of pretrainings: a row per run (mean top-1 over the draws).
+
+    The validation part is the library's `eval_fraction` hold-out of the training images (that of
+    `--tune`); each draw takes 2 labels per class from the rest (draw `i`: seed `i`, draw 0 is what
+    the training runs of `--tune` use) and fits the logistic regression of rows 1 and 3.
+    """
+    import keras
+
+    from simclr_tf.config import load_config
+    from simclr_tf.data import pipeline
+    from simclr_tf.data.sources import held_out_split, label_subset, load_source
+    from simclr_tf.evaluation import linear_probe_accuracy
+
+    rows = []
+    for run_dir in run_dirs:
+        config = load_config(run_dir).resolved()
+        source = load_source("digits", "train", seed=config.train.seed)
+        model = build_pretrained_model(config, run_dir)
+        labels = []
+        layer = config.model.ft_proj_selector or min(1, config.model.num_proj_layers)
+        encoder_out, head_layer = [], []
+        for x, y in pipeline.build_eval_dataset(source, global_batch_size=256, image_size=config.image_size):
+            h = model.encoder(x, training=False)["final_avg_pool"]
+            _, hiddens = model.projection_head(h, training=False)
+            encoder_out.append(np.asarray(h))
+            head_layer.append(np.asarray(hiddens[layer]))
+            labels.append(np.asarray(y))
+        labels = np.concatenate(labels)
+        rest, held = held_out_split(labels, fraction=args.validation_fraction, seed=config.train.seed)
+        row = {"run": run_dir, "crop_min_area": config.augment.crop_min_area,
+               "temperature": config.loss.temperature, "layer": layer}
+        for name, features in (("encoder", encoder_out), ("head_layer", head_layer)):
+            features = np.concatenate(features)
+            scores = []
+            for seed in range(args.draws):
+                kept = rest[label_subset(labels[rest], per_class=2, seed=seed)]
+                scores.append(linear_probe_accuracy(features[kept], labels[kept], features[held],
+                                                    labels[held]))
+            row[name] = {"top1": float(np.mean(scores)), "draws": scores}
+        rows.append(row)
+        keras.backend.clear_session()
+    lines = ["| pretraining | crop_min_area | temperature | encoder output | projection layer |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['run']} | {row['crop_min_area']} | {row['temperature']} | "
+                     f"{row['encoder']['top1']:.1%} | "
+                     f"{row['head_layer']['top1']:.1%} (layer {row['layer']}) |")
+    print(f"2 labels per class, logistic regression, mean of {args.draws} draws, on the validation part "
+          f"({len(held)} training images held out; digits:test not read):")
+    print("\n".join(lines))
+    return rows
+
+
 def candidate_name(overrides: dict) -> str:
     """A run folder's name for a candidate, e.g. `finetune_learning_rate=0.002`."""
     return ",".join(f"{key}={value}" for key, value in overrides.items()) or "defaults"
@@ -436,14 +499,19 @@ def tune(args, pretrained_dir: str, train=None) -> dict:
     return summary
 
 
-def build_pretrained_encoder(config, run_dir):
-    """The pretrained encoder of `run_dir` (its latest checkpoint), in inference mode."""
+def build_pretrained_model(config, run_dir):
+    """The pretrained model of `run_dir` (its latest checkpoint: encoder and projection head)."""
     from simclr_tf import checkpoints
     from simclr_tf.models.build import build_model
 
     model = build_model(config, 0)
     checkpoints.restore_pretrained(model, run_dir, train_mode="finetune")
-    return model.encoder
+    return model
+
+
+def build_pretrained_encoder(config, run_dir):
+    """The pretrained encoder of `run_dir` (its latest checkpoint), in inference mode."""
+    return build_pretrained_model(config, run_dir).encoder
 
 
 if __name__ == "__main__":

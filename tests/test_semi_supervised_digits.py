@@ -166,3 +166,44 @@ def test_tune_keeps_the_best_candidate_of_each_stage_and_distils_its_teacher(tmp
         assert config.train.model_dir.startswith(str(tmp_path / "tune" / "distill"))
     assert json.loads((tmp_path / "tune" / "tune.json").read_text())["chosen"] == summary["chosen"]
     assert (tmp_path / "tune" / "tune.md").read_text().count("(chosen)") == len(ssd.TUNING)
+
+
+def test_probe_of_a_pretraining_on_the_validation_part(tmp_path, monkeypatch, capsys):
+    """With an "encoder" that returns the pixels, the probe of a pretraining is logistic regression
+    on the pixels, computed here another way: the labelled draws come from the training images less
+    the validation part, which is what is scored."""
+    import keras
+
+    from simclr_tf.config import save_config
+    from simclr_tf.data.sources import held_out_split, label_subset, load_source, source_labels
+    from simclr_tf.evaluation import linear_probe_accuracy
+
+    ssd = _module()
+    args = ssd._parse(["--out", str(tmp_path), "--draws", "2"])
+    save_config(ssd.pretrain_config(args), str(tmp_path / "pretrain"))
+
+    class Pixels:
+        def encoder(self, x, training=False):
+            return {"final_avg_pool": keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))}
+
+        def projection_head(self, h, training=False):
+            return h, [h, 3.0 * h + 1.0]  # standardised, layer 1 is the same as the pixels
+
+    monkeypatch.setattr(ssd, "build_pretrained_model", lambda config, run_dir: Pixels())
+    rows = ssd.probe_pretrainings(args, [str(tmp_path / "pretrain")])
+
+    source = load_source("digits", "train", seed=0)
+    pixels, labels = ssd._arrays(source, 16)
+    np.testing.assert_array_equal(labels, source_labels(source))
+    rest, held = held_out_split(labels, fraction=0.2, seed=0)
+    assert len(held) == 287 and not set(rest) & set(held)
+    expected = []
+    for seed in range(2):
+        kept = rest[label_subset(labels[rest], per_class=2, seed=seed)]
+        assert len(kept) == 20 and set(kept) <= set(rest)
+        expected.append(linear_probe_accuracy(pixels[kept], labels[kept], pixels[held], labels[held]))
+    (row,) = rows
+    assert row["encoder"]["draws"] == pytest.approx(expected)
+    assert row["head_layer"]["draws"] == pytest.approx(expected, abs=0.01)
+    assert row["crop_min_area"] == 0.5 and row["layer"] == 1
+    assert f"| {tmp_path / 'pretrain'} | 0.5 | 0.5 | {np.mean(expected):.1%} |" in capsys.readouterr().out
