@@ -265,9 +265,31 @@ def parameter_counts(config) -> dict:
     return {"encoder": count(model.encoder.trainable_weights), "total": count(model.trainable_weights)}
 
 
+def check_same_settings(config) -> None:
+    """Stops when the run directory of `config` holds a run of other settings.
+
+    A finished run there would be "resumed" (nothing to train) and its numbers reported for these
+    settings; an unfinished one would go on with other ones.
+    """
+    from simclr_tf.config import load_config
+
+    model_dir = config.train.model_dir
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        return
+    old, new = dataclasses.asdict(load_config(model_dir).resolved()), dataclasses.asdict(config.resolved())
+    differ = [f"{section}.{key} is {old[section].get(key)!r} there and {value!r} now"
+              for section, values in new.items() for key, value in values.items()
+              if old[section].get(key) != value]
+    if differ:
+        raise SystemExit(
+            f"error: {model_dir} holds a run of other settings ({'; '.join(differ)}); its numbers would "
+            f"be reported for these. Pass another --out, or delete {model_dir} to train it again.")
+
+
 def _train(config) -> tuple[dict, float]:
     from simclr_tf.training import train
 
+    check_same_settings(config)
     started = time.time()
     result = train(config)
     return result, time.time() - started
@@ -307,6 +329,7 @@ def main(argv=None) -> int:
     pretrained_dir, pretrain_seconds = args.pretrained, 0.0
     if pretrained_dir is None:
         pretrained_dir = pretrain_config(args).train.model_dir
+        check_same_settings(pretrain_config(args))
         if not os.path.exists(os.path.join(pretrained_dir, "result.json")):
             print(f"Pretraining into {pretrained_dir} (shared by rows 3-6).", flush=True)
             _, pretrain_seconds = _train(pretrain_config(args))

@@ -207,3 +207,27 @@ def test_probe_of_a_pretraining_on_the_validation_part(tmp_path, monkeypatch, ca
     assert row["head_layer"]["draws"] == pytest.approx(expected, abs=0.01)
     assert row["crop_min_area"] == 0.5 and row["layer"] == 1
     assert f"| {tmp_path / 'pretrain'} | 0.5 | 0.5 | {np.mean(expected):.1%} |" in capsys.readouterr().out
+
+
+def test_a_run_of_other_settings_in_out_is_not_reused(tmp_path):
+    """Rerunning into an --out that holds runs of other settings stops, naming what differs,
+    instead of reporting the old runs' numbers for the new settings."""
+    import dataclasses
+
+    from simclr_tf.config import save_config
+
+    ssd = _module()
+    args = ssd._parse(["--out", str(tmp_path)])
+    pretrain = ssd.pretrain_config(args)
+    ssd.check_same_settings(pretrain)  # nothing there yet
+    save_config(pretrain, pretrain.train.model_dir)
+    ssd.check_same_settings(pretrain)  # the same settings: resumed or reused
+    older = ssd.pretrain_config(ssd._parse(["--out", str(tmp_path), "--pretrain_crop_min_area=0.2"]))
+    with pytest.raises(SystemExit, match=r"augment.crop_min_area is 0.5 there and 0.2 now"):
+        ssd.check_same_settings(older)
+    finetune = ssd.run_configs(args, pretrain.train.model_dir, "2_per_class")["finetune"]
+    save_config(finetune, finetune.train.model_dir)
+    faster = dataclasses.replace(
+        finetune, optimizer=dataclasses.replace(finetune.optimizer, learning_rate=0.1))
+    with pytest.raises(SystemExit, match=r"optimizer.learning_rate is 0.005 there and 0.1 now.*delete"):
+        ssd.check_same_settings(faster)
