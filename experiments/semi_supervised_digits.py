@@ -20,15 +20,15 @@ Rows 1 and 3 are the mean over `--draws` draws of the labelled images (seeds 0, 
 5 and 6 train once, on draw 0 (the runs' seed), whose row-1 and row-3 numbers are stored too. One
 SimCLR pretraining (the quickstart with SimCLRv2's 3-layer projection head and crops of at least
 half the image, `--pretrain_crop_min_area=0.5`) serves rows 3 to 6; it is run into
-`<out>/pretrain` unless `--pretrained` names a finished one. A run directory under `--out` that
-holds a run of other settings stops the script (its numbers would be reported for these). Every training is a normal
-run directory under `--out` (`<setting>/<row>`: checkpoints, logs, result.json), and every row's
-wall time is measured and printed. The table is written to `<out>/semi_supervised.md` and `.json`.
+`<out>/pretrain` unless `--pretrained` names a finished one. Every training is a normal run
+directory under `--out` (`<setting>/<row>`: checkpoints, logs, result.json); one that holds a run
+of other settings stops the script (its numbers would be reported for these). Every row's wall
+time is measured and printed. The table is written to `<out>/semi_supervised.md` and `.json`.
 Exit code 3 when fine-tuned + distilled stays below `--target` with 2 labels per class.
 
-`--tune` prints no table: it tries the `TUNING` candidates (fine-tuning learning rate; distillation
-steps, temperature and `--distill_augment`) with 2 labels per class on a validation part of the
-training images (`--validation_fraction`, 20% of each class, seeded), never loading digits:test,
+`--tune` prints no table: it tries the `TUNING` candidates (fine-tuning learning rate and head
+initialisation; distillation steps, temperature and `--distill_augment`) with 2 labels per class
+on a validation part of the training images (`--validation_fraction`, 20% of each class, seeded), never loading digits:test,
 and writes `<out>/tune/tune.md` and `.json`; the defaults of this script are its choices.
 `--probe_pretrainings=<runs>` prints no table either: it scores pretrainings by logistic regression
 with 2 labels per class on that validation part (how the pretraining's crop was chosen).
