@@ -28,8 +28,9 @@ Exit code 3 when fine-tuned + distilled stays below `--target` with 2 labels per
 
 `--tune` prints no table: it tries the `TUNING` candidates (fine-tuning learning rate and head
 initialisation; distillation steps, temperature and `--distill_augment`) with 2 labels per class
-on a validation part of the training images (`--validation_fraction`, 20% of each class, seeded), never loading digits:test,
-and writes `<out>/tune/tune.md` and `.json`; the defaults of this script are its choices.
+on a validation part of the training images (`--validation_fraction`, 20% of each class,
+seeded), never loading digits:test, and writes `<out>/tune/tune.md` and `.json`; the defaults of
+this script are its choices.
 `--probe_pretrainings=<runs>` prints no table either: it scores pretrainings by logistic regression
 with 2 labels per class on that validation part (how the pretraining's crop was chosen).
 """
