@@ -20,9 +20,10 @@ One run prints, for this machine:
 - the peak resident memory of the process.
 
 Experiments: `--keras_batch_norm` builds the encoder with Keras 3's composite batch norm instead of
-our fused-kernel layer (the gain of the fusion), `--native_conv_gradient` takes TensorFlow's
-`Conv2DBackpropInput` for the convolutions' input gradient instead of our forward convolutions
-(`simclr_tf/models/conv.py`; the gain of that), `--precision mixed_bfloat16` times the
+our fused-kernel layer (the gain of the fusion), `--conv_input_gradient=native|forward` takes
+TensorFlow's `Conv2DBackpropInput` or our forward convolutions for the convolutions' input
+gradient (`simclr_tf/models/conv.py`; default `auto`, the machine's choice: forward on CPUs
+without AVX-512; `--native_conv_gradient` is `=native`), `--precision mixed_bfloat16` times the
 mixed-precision step, `--inter_op_threads` / `--intra_op_threads` set TensorFlow's thread pools,
 and environment variables (`XLA_FLAGS`, `TF_*`) apply as usual.
 
@@ -67,7 +68,12 @@ import tensorflow as tf
 
 from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, OptimizerConfig
 from simclr_tf.models.build import build_model
-from simclr_tf.models.conv import Conv2D
+from simclr_tf.models.conv import (
+    INPUT_GRADIENTS,
+    Conv2D,
+    default_forward_input_gradient,
+    resolve_input_gradient,
+)
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import build_optimizer
 from simclr_tf.schedules import WarmupCosineDecay
@@ -281,7 +287,7 @@ def build_train_model(
     global_bn: bool | None = None,
     num_classes: int = 10,
     keras_batch_norm: bool = False,
-    native_conv_gradient: bool = False,
+    conv_input_gradient: str = "auto",
 ) -> SimCLRModel:
     """A compiled SimCLR model as `simclr_tf.train` builds it (LARS, warm-up + cosine, online linear head).
 
@@ -295,9 +301,10 @@ def build_train_model(
         num_classes: classes of the online linear head (0: none).
         keras_batch_norm: build the encoder with Keras' composite batch norm instead of the fused
             one (an experiment: `build_model(..., fused_batch_norm=False)`).
-        native_conv_gradient: the convolutions' input gradient by TensorFlow's
-            `Conv2DBackpropInput` instead of forward convolutions (an experiment: every
-            `simclr_tf.models.conv.Conv2D` with `forward_input_gradient = False`).
+        conv_input_gradient: how the convolutions' input gradient is computed: `auto` (the
+            machine's default, `simclr_tf.models.conv.default_forward_input_gradient`), `forward`
+            (by forward convolutions) or `native` (TensorFlow's `Conv2DBackpropInput`); sets
+            `forward_input_gradient` of every `simclr_tf.models.conv.Conv2D`.
 
     Returns:
         The built, compiled `SimCLRModel` with its optimizer built.
@@ -315,10 +322,10 @@ def build_train_model(
         optimizer=OptimizerConfig(optimizer="lars", weight_decay=1e-6),
     ).resolved()
     model = build_model(config, num_classes, fused_batch_norm=not keras_batch_norm)
-    if native_conv_gradient:
-        for layer in model._flatten_layers():
-            if isinstance(layer, Conv2D):
-                layer.forward_input_gradient = False
+    forward = resolve_input_gradient(conv_input_gradient)
+    for layer in model._flatten_layers():
+        if isinstance(layer, Conv2D):
+            layer.forward_input_gradient = forward
     learning_rate = WarmupCosineDecay(0.3 * case.batch_size / 256, warmup_steps=10, total_steps=1000)
     optimizer = build_optimizer("lars", learning_rate, momentum=0.9, weight_decay=1e-6)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -595,7 +602,7 @@ def _clear_session() -> None:
 def run_step_benchmarks(
     cases: Sequence[Case], jit_modes: Sequence[bool], *, warmup_steps: int, steps: int,
     max_seconds: float | None = None, global_bn: bool | None = None, keras_batch_norm: bool = False,
-    native_conv_gradient: bool = False, log: Callable[[str], None] = print,
+    conv_input_gradient: str = "auto", log: Callable[[str], None] = print,
 ) -> list[StepRow]:
     """Times the training step of every case in every XLA mode (a fresh model each)."""
     rows = []
@@ -605,7 +612,7 @@ def run_step_benchmarks(
             _clear_session()
             model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
                                       keras_batch_norm=keras_batch_norm,
-                                      native_conv_gradient=native_conv_gradient)
+                                      conv_input_gradient=conv_input_gradient)
             batch = synthetic_batch(case.batch_size, case.image_size)
             if forward_flops is None:
                 forward_flops = model_flops_per_image(model, case.image_size)
@@ -678,9 +685,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keras_batch_norm", action="store_true",
                         help="experiment: the encoder uses Keras' composite batch norm instead of the "
                              "fused kernel")
-    parser.add_argument("--native_conv_gradient", action="store_true",
-                        help="experiment: the convolutions' input gradient by TensorFlow's "
-                             "Conv2DBackpropInput instead of forward convolutions")
+    parser.add_argument("--conv_input_gradient", choices=INPUT_GRADIENTS, default="auto",
+                        help="the convolutions' input gradient: by forward convolutions, by "
+                             "TensorFlow's Conv2DBackpropInput (native), or the machine's default "
+                             "(auto: forward on CPUs without AVX-512)")
+    parser.add_argument("--native_conv_gradient", action="store_const", const="native",
+                        dest="conv_input_gradient", help="the same as --conv_input_gradient=native")
     parser.add_argument("--inter_op_threads", type=int, default=0,
                         help="tf.config.threading inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--intra_op_threads", type=int, default=0,
@@ -712,6 +722,13 @@ def _select_cases(args: argparse.Namespace) -> list[Case]:
     return [known[name] for name in names]
 
 
+def _input_gradient_label(choice: str) -> str:
+    if choice == "auto":
+        path = "forward convolutions" if default_forward_input_gradient() else "TensorFlow's kernel"
+        return f"auto ({path}; strided 1x1 by forward convolutions)"
+    return "forward convolutions" if choice == "forward" else "TensorFlow's Conv2DBackpropInput"
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     cases = _select_cases(args)
@@ -723,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"simclr_tf benchmark: TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores, precision {args.precision}"
           f"{', Keras composite batch norm' if args.keras_batch_norm else ''}"
-          f"{', native conv input gradient' if args.native_conv_gradient else ''}; {load_average()}",
+          f", conv input gradient {_input_gradient_label(args.conv_input_gradient)}; {load_average()}",
           flush=True)
     started = time.perf_counter()
 
@@ -750,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         rows = run_step_benchmarks(cases, jit_modes, warmup_steps=args.warmup_steps, steps=args.steps,
                                    max_seconds=args.max_seconds_per_case, global_bn=global_bn,
                                    keras_batch_norm=args.keras_batch_norm,
-                                   native_conv_gradient=args.native_conv_gradient)
+                                   conv_input_gradient=args.conv_input_gradient)
         print()
         print(format_table(rows, peak_gflops, peak_per_cpu))
         print(f"  ({load_average()}; 'cores': CPU time / wall time of the process during the timed steps)")

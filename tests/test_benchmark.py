@@ -197,7 +197,7 @@ def test_keras_batch_norm_in_resnet_is_scoped():
     assert all(type(layer) is FusedBatchNormalization for layer in batch_norms(default))
 
 
-def test_native_conv_gradient_experiment_switches_every_convolution():
+def test_conv_input_gradient_experiment_switches_every_convolution():
     from simclr_tf.models.conv import Conv2D
 
     case = benchmark.Case("tiny", 18, 8, 2, True)
@@ -205,11 +205,17 @@ def test_native_conv_gradient_experiment_switches_every_convolution():
     def convs(model):
         return [layer for layer in model._flatten_layers() if isinstance(layer, Conv2D)]
 
-    native = benchmark.build_train_model(case, jit_compile=False, global_bn=False, native_conv_gradient=True)
-    default = benchmark.build_train_model(case, jit_compile=False, global_bn=False)
-    assert len(convs(native)) == len(convs(default)) == 21  # ResNet-18: stem, 16 in blocks, 4 shortcuts
+    def build(**kwargs):
+        return benchmark.build_train_model(case, jit_compile=False, global_bn=False, **kwargs)
+
+    native, forward = build(conv_input_gradient="native"), build(conv_input_gradient="forward")
+    default = build()
+    assert len(convs(native)) == len(convs(forward)) == 21  # ResNet-18: stem, 16 in blocks, 4 shortcuts
     assert not any(layer.forward_input_gradient for layer in convs(native))
-    assert all(layer.forward_input_gradient for layer in convs(default))
+    assert all(layer.forward_input_gradient for layer in convs(forward))
+    assert all(layer.forward_input_gradient is None for layer in convs(default))  # the machine's choice
+    assert benchmark.parse_args(["--native_conv_gradient"]).conv_input_gradient == "native"
+    assert benchmark.parse_args([]).conv_input_gradient == "auto"
 
 
 def test_clear_session_keeps_the_precision():

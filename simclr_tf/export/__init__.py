@@ -121,7 +121,7 @@ def _traceable_for_export(parts):
     flat = [layer for part in parts if part is not None for layer in part._flatten_layers()]
     norms = [layer for layer in flat
              if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
-    convs = [layer for layer in flat if isinstance(layer, Conv2D) and layer.forward_input_gradient]
+    convs = {layer: layer.forward_input_gradient for layer in flat if isinstance(layer, Conv2D)}
     for layer in norms:
         layer.synchronized = False
     for layer in convs:
@@ -131,8 +131,8 @@ def _traceable_for_export(parts):
     finally:
         for layer in norms:
             layer.synchronized = True
-        for layer in convs:
-            layer.forward_input_gradient = True
+        for layer, forward in convs.items():
+            layer.forward_input_gradient = forward
 
 
 def _tf_variables(variables):

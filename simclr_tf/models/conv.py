@@ -20,6 +20,19 @@ four for stride 2), whose results interleave into `dx`: exactly the multiply-add
 op, none spent on inserted zeros. 'same' padding is padding the input first and cropping the
 gradient after. The kernel's gradient keeps TensorFlow's `Conv2DBackpropFilter`, which is fast.
 
+This path pays only on CPUs without AVX-512. On a 2-core AVX-512 CPU (AMD EPYC with AVX512_BF16,
+2026-12-07) TensorFlow's kernel has no such weakness: for the quickstart's shapes (batch 256) it is
+as fast as the forward path for stride 1 (the 512-channel 3x3 at 2x2: 22.9 ms against 23.8) and
+1.5-2x faster for the strided ones (from 4x4 to 2x2: 16.3 ms against 28.1; in bfloat16 12.3 against
+25.1), and the quickstart's step runs at 167 images/s with it against 128 with the forward path
+(bfloat16; float32 114 against 98). So the path is taken where `default_forward_input_gradient()`
+says: on a CPU-only machine whose CPU lacks `avx512f` (e.g. AVX2 only). One exception: a strided
+1x1 convolution (ResNet's projection shortcut) always takes it. Its input gradient is one 1x1
+convolution scattered to every s-th position, as fast as TensorFlow's (3.3 ms either way for the
+quickstart's largest), and TensorFlow 2.21's CPU kernel corrupts memory on that same machine for
+few input channels (1x1, stride 2, 16x16 input, 4 or 8 channels: the process aborts with
+"free(): invalid size"; 16 or more channels and odd sizes ran).
+
 `Conv2D` is a drop-in subclass of `keras.layers.Conv2D` (same arguments, variables, checkpoints and
 saved config) that takes this path for what the ResNet uses: 2-D, channels-last, no dilation or
 groups, with the TensorFlow backend, stride 1 or a small strided output (`STRIDED_MAX_OUTPUT`);
@@ -29,8 +42,12 @@ TensorFlow's own up to float32 rounding (`tests/test_conv.py`).
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
+
+from simclr_tf.precision import cpu_flags
 
 # A strided convolution takes the forward path only where its output map has at most this many
 # positions (4x4): measured on a 2-core AVX2 CPU, batch 128, TensorFlow's input gradient is faster
@@ -38,6 +55,44 @@ import tensorflow as tf
 # (from 6x6 to 2x2: 342 ms against 33); for stride 1 the forward path was faster at every size
 # measured (2x2 to 16x16 maps).
 STRIDED_MAX_OUTPUT = 16
+
+# `Conv2D.forward_input_gradient` choices: `auto` (None: the machine's default, see `Conv2D`),
+# `forward` (True), `native` (False).
+INPUT_GRADIENTS = ("auto", "forward", "native")
+
+_READ = object()  # not given: ask the machine
+
+
+def default_forward_input_gradient(flags=_READ, gpus=None) -> bool:
+    """Whether `Conv2D` computes its input gradient by forward convolutions on this machine.
+
+    True on a machine without a visible GPU whose CPU lacks AVX-512 (`avx512f`), where TensorFlow's
+    `Conv2DBackpropInput` is slow on small maps; False with AVX-512 (TensorFlow's kernel is as fast or
+    faster there, see the module docstring), with a GPU, or where the CPU's flags cannot be read.
+
+    Args:
+        flags: the CPU's flags (default: read from the machine, once); None means unknown.
+        gpus: whether a GPU is visible (default: asked of TensorFlow).
+    """
+    if flags is _READ and gpus is None:
+        return _machine_forward_input_gradient()
+    if gpus is None:
+        gpus = bool(tf.config.list_physical_devices("GPU"))
+    if flags is _READ:
+        flags = cpu_flags()
+    return not gpus and flags is not None and "avx512f" not in flags
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_forward_input_gradient() -> bool:
+    return default_forward_input_gradient(cpu_flags(), bool(tf.config.list_physical_devices("GPU")))
+
+
+def resolve_input_gradient(choice: str) -> bool | None:
+    """`Conv2D.forward_input_gradient` for one of `INPUT_GRADIENTS` (`auto`: None)."""
+    if choice not in INPUT_GRADIENTS:
+        raise ValueError(f"conv input gradient must be one of {INPUT_GRADIENTS}. Received: {choice!r}.")
+    return {"auto": None, "forward": True, "native": False}[choice]
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -129,9 +184,10 @@ class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose input gradient runs as forward convolutions (see the module).
 
     Attributes:
-        forward_input_gradient: bool. Take this module's path where it applies (default True);
-            False gives the parent's convolution (the export traces with it: a SavedModel stores
-            no Python gradient function).
+        forward_input_gradient: True: take this module's path where it applies; False: the
+            parent's convolution (the export traces with it: a SavedModel stores no Python
+            gradient function); None (default): this path where `default_forward_input_gradient()`
+            says (CPUs without AVX-512) and for strided 1x1 convolutions, the parent's elsewhere.
 
     Args:
         **kwargs: as `keras.layers.Conv2D`.
@@ -139,10 +195,14 @@ class Conv2D(keras.layers.Conv2D):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.forward_input_gradient = True
+        self.forward_input_gradient: bool | None = None
 
     def _forward_gradient(self, inputs) -> bool:
-        return (self.forward_input_gradient and keras.backend.backend() == "tensorflow"
+        forward = self.forward_input_gradient
+        if forward is None:
+            forward = default_forward_input_gradient() or (
+                tuple(self.kernel_size) == (1, 1) and tuple(self.strides) != (1, 1))
+        return (forward and keras.backend.backend() == "tensorflow"
                 and self.data_format == "channels_last"
                 and self.groups == 1 and tuple(self.dilation_rate) == (1, 1)
                 and len(inputs.shape) == 4 and None not in tuple(inputs.shape[1:])
