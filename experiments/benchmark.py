@@ -23,7 +23,8 @@ Experiments: `--keras_batch_norm` builds the encoder with Keras 3's composite ba
 our fused-kernel layer (the gain of the fusion), `--conv_input_gradient=native|forward` takes
 TensorFlow's `Conv2DBackpropInput` or our forward convolutions for the convolutions' input
 gradient (`simclr_tf/models/conv.py`; default `auto`, the machine's choice: forward on CPUs
-without AVX-512; `--native_conv_gradient` is `=native`), `--precision mixed_bfloat16` times the
+without AVX-512; `--native_conv_gradient` is `=native`), `--conv_filter_gradient=native|matmul`
+the same for the kernel gradient, `--precision mixed_bfloat16` times the
 mixed-precision step, `--inter_op_threads` / `--intra_op_threads` set TensorFlow's thread pools,
 and environment variables (`XLA_FLAGS`, `TF_*`) apply as usual.
 
@@ -288,6 +289,7 @@ def build_train_model(
     num_classes: int = 10,
     keras_batch_norm: bool = False,
     conv_input_gradient: str = "auto",
+    conv_filter_gradient: str = "auto",
 ) -> SimCLRModel:
     """A compiled SimCLR model as `simclr_tf.train` builds it (LARS, warm-up + cosine, online linear head).
 
@@ -305,6 +307,8 @@ def build_train_model(
             machine's default, `simclr_tf.models.conv.default_forward_input_gradient`), `forward`
             (by forward convolutions) or `native` (TensorFlow's `Conv2DBackpropInput`); sets
             `forward_input_gradient` of every `simclr_tf.models.conv.Conv2D`.
+        conv_filter_gradient: the kernel gradient: `auto` (the layer's default), `matmul`
+            (by matrix products) or `native` (TensorFlow's `Conv2DBackpropFilter`).
 
     Returns:
         The built, compiled `SimCLRModel` with its optimizer built.
@@ -323,9 +327,11 @@ def build_train_model(
     ).resolved()
     model = build_model(config, num_classes, fused_batch_norm=not keras_batch_norm)
     forward = resolve_input_gradient(conv_input_gradient)
+    matmul = {"auto": None, "matmul": True, "native": False}[conv_filter_gradient]
     for layer in model._flatten_layers():
         if isinstance(layer, Conv2D):
             layer.forward_input_gradient = forward
+            layer.matmul_filter_gradient = matmul
     learning_rate = WarmupCosineDecay(0.3 * case.batch_size / 256, warmup_steps=10, total_steps=1000)
     optimizer = build_optimizer("lars", learning_rate, momentum=0.9, weight_decay=1e-6)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -602,7 +608,8 @@ def _clear_session() -> None:
 def run_step_benchmarks(
     cases: Sequence[Case], jit_modes: Sequence[bool], *, warmup_steps: int, steps: int,
     max_seconds: float | None = None, global_bn: bool | None = None, keras_batch_norm: bool = False,
-    conv_input_gradient: str = "auto", log: Callable[[str], None] = print,
+    conv_input_gradient: str = "auto", conv_filter_gradient: str = "auto",
+    log: Callable[[str], None] = print,
 ) -> list[StepRow]:
     """Times the training step of every case in every XLA mode (a fresh model each)."""
     rows = []
@@ -612,7 +619,8 @@ def run_step_benchmarks(
             _clear_session()
             model = build_train_model(case, jit_compile=jit_compile, global_bn=global_bn,
                                       keras_batch_norm=keras_batch_norm,
-                                      conv_input_gradient=conv_input_gradient)
+                                      conv_input_gradient=conv_input_gradient,
+                                      conv_filter_gradient=conv_filter_gradient)
             batch = synthetic_batch(case.batch_size, case.image_size)
             if forward_flops is None:
                 forward_flops = model_flops_per_image(model, case.image_size)
@@ -689,6 +697,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the convolutions' input gradient: by forward convolutions, by "
                              "TensorFlow's Conv2DBackpropInput (native), or the machine's default "
                              "(auto: forward on CPUs without AVX-512)")
+    parser.add_argument("--conv_filter_gradient", choices=("auto", "matmul", "native"), default="auto",
+                        help="the convolutions' kernel gradient: by matrix products, by TensorFlow's "
+                             "Conv2DBackpropFilter (native), or the layer's default (auto: products "
+                             "for maps of 4x4 and smaller, strided 1x1 kernels and odd channel counts)")
     parser.add_argument("--native_conv_gradient", action="store_const", const="native",
                         dest="conv_input_gradient", help="the same as --conv_input_gradient=native")
     parser.add_argument("--inter_op_threads", type=int, default=0,
@@ -740,7 +752,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"simclr_tf benchmark: TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores, precision {args.precision}"
           f"{', Keras composite batch norm' if args.keras_batch_norm else ''}"
-          f", conv input gradient {_input_gradient_label(args.conv_input_gradient)}; {load_average()}",
+          f", conv input gradient {_input_gradient_label(args.conv_input_gradient)}, kernel gradient "
+          f"{args.conv_filter_gradient}; {load_average()}",
           flush=True)
     started = time.perf_counter()
 
@@ -767,7 +780,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         rows = run_step_benchmarks(cases, jit_modes, warmup_steps=args.warmup_steps, steps=args.steps,
                                    max_seconds=args.max_seconds_per_case, global_bn=global_bn,
                                    keras_batch_norm=args.keras_batch_norm,
-                                   conv_input_gradient=args.conv_input_gradient)
+                                   conv_input_gradient=args.conv_input_gradient,
+                                   conv_filter_gradient=args.conv_filter_gradient)
         print()
         print(format_table(rows, peak_gflops, peak_per_cpu))
         print(f"  ({load_average()}; 'cores': CPU time / wall time of the process during the timed steps)")

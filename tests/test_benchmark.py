@@ -215,6 +215,9 @@ def test_conv_input_gradient_experiment_switches_every_convolution():
     assert all(layer.forward_input_gradient for layer in convs(forward))
     assert all(layer.forward_input_gradient is None for layer in convs(default))  # the machine's choice
     assert benchmark.parse_args(["--native_conv_gradient"]).conv_input_gradient == "native"
+    matmul = build(conv_filter_gradient="matmul")
+    assert all(layer.matmul_filter_gradient is True for layer in convs(matmul))
+    assert all(layer.matmul_filter_gradient is None for layer in convs(default))
     assert benchmark.parse_args([]).conv_input_gradient == "auto"
 
 

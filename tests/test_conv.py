@@ -1,5 +1,7 @@
 """`simclr_tf.models.conv`: the input gradient by forward convolutions against TensorFlow's own."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from simclr_tf.models.conv import (
     Conv2D,
     conv2d,
     default_forward_input_gradient,
+    filter_gradient,
     input_gradient,
     resolve_input_gradient,
 )
@@ -28,20 +31,34 @@ def _gradients(fn, x, w):
     return y, tape.gradient(loss, [x, w])
 
 
-def _strided_pointwise_reference(x, w, stride):
-    """NumPy's output and gradients (of `sum(y sin y)`) for a 1x1 convolution of a stride.
+def _reference(x, w, stride, padding):
+    """NumPy's output and gradients (of `sum(y sin y)`) of a convolution, tap by tap, in float64.
 
-    TensorFlow 2.21's own CPU gradient is no reference here: for few input channels it corrupts
-    memory and aborts the process on an AVX-512 CPU (see `simclr_tf.models.conv`). A 1x1 convolution
-    of stride s reads every s-th position in both padding modes: y = x[::s, ::s] @ w, so
-    dx[::s, ::s] = dy @ w^T (zero elsewhere) and dw = x[::s, ::s]^T dy.
+    Not TensorFlow's gradient: on AVX-512 CPUs its CPU input gradient corrupts the heap for few
+    channels, as these tests use (see `simclr_tf.models.conv`). Tap (i, j) reads the padded input
+    at every s-th position from (i, j): y = sum_ij x_ij @ w[i, j], dx_ij += dy @ w[i, j]^T,
+    dw[i, j] = x_ij^T dy. 'SAME' pads as TensorFlow: ceil(size / s) outputs, the odd pixel after.
     """
-    picked = x[:, ::stride, ::stride, :]
-    y = picked @ w[0, 0]
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    k, pads = w.shape[0], []
+    for size in x.shape[1:3]:
+        total = max((-(-size // stride) - 1) * stride + k - size, 0) if padding == "SAME" else 0
+        pads.append((total // 2, total - total // 2))
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+    out_h, out_w = (xp.shape[1] - k) // stride + 1, (xp.shape[2] - k) // stride + 1
+
+    def tap(i, j):
+        return (slice(None), slice(i, i + (out_h - 1) * stride + 1, stride),
+                slice(j, j + (out_w - 1) * stride + 1, stride), slice(None))
+
+    y = sum(xp[tap(i, j)] @ w[i, j] for i in range(k) for j in range(k))
     dy = np.sin(y) + y * np.cos(y)
-    dx = np.zeros_like(x)
-    dx[:, ::stride, ::stride, :] = dy @ w[0, 0].T
-    dw = np.einsum("nhwc,nhwd->cd", picked, dy)[None, None]
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for i in range(k):
+        for j in range(k):
+            dxp[tap(i, j)] += dy @ w[i, j].T
+            dw[i, j] = np.einsum("nhwc,nhwd->cd", xp[tap(i, j)], dy)
+    dx = dxp[:, pads[0][0]:pads[0][0] + x.shape[1], pads[1][0]:pads[1][0] + x.shape[2]]
     return y, dx, dw
 
 
@@ -66,15 +83,37 @@ def test_gradients_match_tensorflow(height, width, k, stride, padding):
     rng = np.random.default_rng(height * 100 + k * 10 + stride)
     x = tf.constant(rng.normal(size=(3, height, width, 4)), tf.float32)
     w = tf.constant(rng.normal(size=(k, k, 4, 5)), tf.float32)
-    if k == 1 and stride > 1:
-        y_ref, dx_ref, dw_ref = _strided_pointwise_reference(x.numpy(), w.numpy(), stride)
-    else:
-        y_ref, (dx_ref, dw_ref) = _gradients(lambda a, b: tf.nn.conv2d(a, b, stride, padding), x, w)
-    y, (dx, dw) = _gradients(lambda a, b: conv2d(a, b, (stride, stride), padding), x, w)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-    scale = float(tf.reduce_max(tf.abs(dx_ref)))
-    np.testing.assert_allclose(dx / scale, dx_ref / scale, atol=2e-6)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+    y_ref, dx_ref, dw_ref = _reference(x.numpy(), w.numpy(), stride, padding)
+    np.testing.assert_allclose(tf.nn.conv2d(x, w, stride, padding), y_ref, rtol=1e-5, atol=1e-4)
+    # The kernel gradient by matrix products, and by TensorFlow's way for stride 1 (TensorFlow's
+    # strided gradients: `test_tensorflow_gradients_beside_ours`, with 16 channels; 4 here).
+    for forward, matmul in [(True, True), (True, False)][:2 if stride == 1 else 1]:
+        ours = functools.partial(conv2d, strides=(stride, stride), padding=padding,
+                                 forward_input_gradient=forward, matmul_filter_gradient=matmul)
+        y, (dx, dw) = _gradients(ours, x, w)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
+        # float32 against float64, relative to the largest value
+        np.testing.assert_allclose(dx / np.max(np.abs(dx_ref)), dx_ref / np.max(np.abs(dx_ref)), atol=2e-5)
+        np.testing.assert_allclose(dw / np.max(np.abs(dw_ref)), dw_ref / np.max(np.abs(dw_ref)), atol=2e-5)
+
+
+@pytest.mark.parametrize("height, k, stride, padding", [(8, 3, 1, "SAME"), (9, 3, 2, "VALID"),
+                                                       (4, 3, 2, "SAME"), (2, 3, 1, "SAME")])
+@pytest.mark.parametrize("forward, matmul", [(False, True), (True, False)])
+def test_tensorflow_gradients_beside_ours(height, k, stride, padding, forward, matmul):
+    """TensorFlow's input gradient beside the kernel's by products (as `Conv2D` takes them on
+    AVX-512 CPUs for small maps), and ours beside TensorFlow's kernel gradient; 16 channels (with
+    fewer, TensorFlow's strided gradients can corrupt the heap on AVX-512 CPUs)."""
+    rng = np.random.default_rng(height * 10 + stride)
+    x = tf.constant(rng.normal(size=(2, height, height, 16)), tf.float32)
+    w = tf.constant(rng.normal(size=(k, k, 16, 16)) * 0.2, tf.float32)
+    y_ref, dx_ref, dw_ref = _reference(x.numpy(), w.numpy(), stride, padding)
+    ours = functools.partial(conv2d, strides=(stride, stride), padding=padding,
+                             forward_input_gradient=forward, matmul_filter_gradient=matmul)
+    y, (dx, dw) = _gradients(ours, x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-3)
 
 
 def test_input_gradient_hand_worked():
@@ -88,9 +127,23 @@ def test_input_gradient_hand_worked():
     np.testing.assert_array_equal(tf.reshape(dx, [-1]), [1.0, 2.0, 13.0, 20.0, 30.0])
 
 
+def test_filter_gradient_hand_worked():
+    """A 1x3 kernel of stride 2 over x = (1, 2, 3, 4, 5), dy = (1, 10): y[0] reads x0..x2, y[1] x2..x4.
+
+    dw[t] = x[t] * 1 + x[t + 2] * 10 = (1 + 30, 2 + 40, 3 + 50); stride 1 over x0..x3 with
+    dy = (1, 10): dw[t] = x[t] + 10 x[t + 1] = (21, 32, 43).
+    """
+    x = tf.reshape(tf.constant([1.0, 2.0, 3.0, 4.0, 5.0]), [1, 1, 5, 1])
+    dy = tf.reshape(tf.constant([1.0, 10.0]), [1, 1, 2, 1])
+    dw = filter_gradient(x, dy, (1, 3, 1, 1), (1, 2))
+    np.testing.assert_array_equal(tf.reshape(dw, [-1]), [31.0, 42.0, 53.0])
+    dw = filter_gradient(x[:, :, :4], dy, (1, 3, 1, 1), (1, 1))
+    np.testing.assert_array_equal(tf.reshape(dw, [-1]), [21.0, 32.0, 43.0])
+
+
 def test_layer_is_keras_conv2d_with_the_same_gradients():
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(2, 4, 4, 8)), tf.float32)
+    x = tf.constant(rng.normal(size=(2, 4, 4, 16)), tf.float32)  # TensorFlow's own gradient: 16 channels
     ours = _forward(Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv"))
     plain = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv")
     ours.build(x.shape)
@@ -109,19 +162,20 @@ def test_layer_is_keras_conv2d_with_the_same_gradients():
 
 def test_layer_takes_the_parent_path_where_it_does_not_apply():
     x = tf.zeros([1, 8, 8, 2])
-    assert _forward(Conv2D(2, 3))._forward_gradient(x)
-    assert not _forward(Conv2D(2, 3, dilation_rate=2))._forward_gradient(x)
-    assert not _forward(Conv2D(4, 3, groups=2))._forward_gradient(x)
-    assert not _forward(Conv2D(2, 3))._forward_gradient(keras.KerasTensor([None, None, None, 2]))
+    assert _forward(Conv2D(2, 3))._gradient_paths(x)[0]
+    assert not _forward(Conv2D(2, 3, dilation_rate=2))._gradient_paths(x)[0]
+    assert not _forward(Conv2D(4, 3, groups=2))._gradient_paths(x)[0]
+    assert not _forward(Conv2D(2, 3))._gradient_paths(keras.KerasTensor([None, None, None, 2]))[0]
     # Strided: only to a small output map (4x4 = 16 positions at most).
-    assert _forward(Conv2D(2, 3, strides=2, padding="same"))._forward_gradient(x)  # 8x8 -> 4x4
+    assert _forward(Conv2D(2, 3, strides=2, padding="same"))._gradient_paths(x)[0]  # 8x8 -> 4x4
     nine = tf.zeros([1, 9, 9, 2])
-    assert not _forward(Conv2D(2, 3, strides=2, padding="same"))._forward_gradient(nine)  # 5x5
-    assert _forward(Conv2D(2, 3, strides=2))._forward_gradient(tf.zeros([1, 10, 10, 2]))  # valid: 10 -> 4
-    assert not _forward(Conv2D(2, 3, strides=2))._forward_gradient(tf.zeros([1, 18, 18, 2]))  # valid: 18 -> 8
+    assert not _forward(Conv2D(2, 3, strides=2, padding="same"))._gradient_paths(nine)[0]  # 5x5
+    assert _forward(Conv2D(2, 3, strides=2))._gradient_paths(tf.zeros([1, 10, 10, 2]))[0]  # valid: 10 -> 4
+    eighteen = tf.zeros([1, 18, 18, 2])
+    assert not _forward(Conv2D(2, 3, strides=2))._gradient_paths(eighteen)[0]  # valid: 18 -> 8
     layer = Conv2D(2, 3)
     layer.forward_input_gradient = False
-    assert not layer._forward_gradient(x)
+    assert not layer._gradient_paths(x)[0]
     # The dilated one still computes what Keras' layer computes.
     dilated = Conv2D(3, 3, dilation_rate=2, padding="same")
     reference = keras.layers.Conv2D(3, 3, dilation_rate=2, padding="same")
@@ -152,12 +206,24 @@ def test_default_path_follows_the_machine():
     assert not default_forward_input_gradient(avx2, gpus=True)
     assert not default_forward_input_gradient(None, gpus=False)  # flags unreadable: TensorFlow's own
     # A new layer takes this machine's default, and forward convolutions for a strided 1x1 always.
-    x = tf.zeros([1, 8, 8, 2])
+    x = tf.zeros([1, 8, 8, 32])
     assert Conv2D(2, 3).forward_input_gradient is None
-    assert Conv2D(2, 3)._forward_gradient(x) is default_forward_input_gradient()
-    assert Conv2D(2, 3, strides=2)._forward_gradient(x) is default_forward_input_gradient()
-    assert Conv2D(2, 1, strides=2)._forward_gradient(x)
-    assert Conv2D(2, 1)._forward_gradient(x) is default_forward_input_gradient()
+    assert Conv2D(2, 3)._gradient_paths(x)[0] is default_forward_input_gradient()
+    assert Conv2D(2, 3, strides=2)._gradient_paths(x)[0] is default_forward_input_gradient()
+    assert Conv2D(2, 1, strides=2)._gradient_paths(x)[0]
+    assert Conv2D(2, 1)._gradient_paths(x)[0] is default_forward_input_gradient()
+    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 8, 8, 24]))[0]  # channels not a multiple of 16
+    # The kernel gradient by matrix products for kernels above 1x1 on maps of 4x4 at most.
+    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32]))[1]
+    assert Conv2D(2, 3, strides=2)._gradient_paths(tf.zeros([1, 8, 8, 32]))[1]  # 8x8 -> 4x4
+    assert not Conv2D(2, 3, padding="same")._gradient_paths(tf.zeros([1, 5, 4, 32]))[1]  # 20 positions
+    assert not Conv2D(2, 1)._gradient_paths(tf.zeros([1, 2, 2, 32]))[1]
+    assert Conv2D(2, 1, strides=2)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]  # strided 1x1
+    assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]
+    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 16, 16, 3]))[1]  # channels not a multiple of 16
+    native = Conv2D(2, 3)
+    native.forward_input_gradient = native.matmul_filter_gradient = False
+    assert native._gradient_paths(tf.zeros([1, 2, 2, 2])) == (False, False)  # the parent's convolution
     assert [resolve_input_gradient(c) for c in ("auto", "forward", "native")] == [None, True, False]
     with pytest.raises(ValueError, match="auto"):
         resolve_input_gradient("fast")

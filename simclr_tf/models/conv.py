@@ -26,12 +26,15 @@ as fast as the forward path for stride 1 (the 512-channel 3x3 at 2x2: 22.9 ms ag
 1.5-2x faster for the strided ones (from 4x4 to 2x2: 16.3 ms against 28.1; in bfloat16 12.3 against
 25.1), and the quickstart's step runs at 167 images/s with it against 128 with the forward path
 (bfloat16; float32 114 against 98). So the path is taken where `default_forward_input_gradient()`
-says: on a CPU-only machine whose CPU lacks `avx512f` (e.g. AVX2 only). One exception: a strided
-1x1 convolution (ResNet's projection shortcut) always takes it. Its input gradient is one 1x1
-convolution scattered to every s-th position, as fast as TensorFlow's (3.3 ms either way for the
-quickstart's largest), and TensorFlow 2.21's CPU kernel corrupts memory on that same machine for
-few input channels (1x1, stride 2, 16x16 input, 4 or 8 channels: the process aborts with
-"free(): invalid size"; 16 or more channels and odd sizes ran).
+says: on a CPU-only machine whose CPU lacks `avx512f` (e.g. AVX2 only). Two exceptions take it on
+every machine. A strided 1x1 convolution (ResNet's projection shortcut): its input gradient is one
+1x1 convolution scattered to every s-th position, as fast as TensorFlow's (3.3 ms either way for
+the quickstart's largest). And inputs whose channels are not a multiple of 16: on that AVX-512
+machine TensorFlow 2.21's CPU input gradient corrupts the heap for few channels (a 1x1 stride-2
+convolution of a 16x16 input with 4 or 8 channels aborts the process with "free(): invalid size";
+strided 3x3 ones with 4 channels crashed later, unrelated ops; with 16 or more channels it ran).
+Its kernel gradient `Conv2DBackpropFilter` has the same fault for the strided 1x1 with 4 channels,
+so those kernel gradients are matrix products (`filter_gradient`), as for small maps (below).
 
 `Conv2D` is a drop-in subclass of `keras.layers.Conv2D` (same arguments, variables, checkpoints and
 saved config) that takes this path for what the ResNet uses: 2-D, channels-last, no dilation or
@@ -55,6 +58,15 @@ from simclr_tf.precision import cpu_flags
 # (from 6x6 to 2x2: 342 ms against 33); for stride 1 the forward path was faster at every size
 # measured (2x2 to 16x16 maps).
 STRIDED_MAX_OUTPUT = 16
+
+# The kernel gradient by matrix products (`filter_gradient`) for output maps of at most this many
+# positions (4x4), kernels larger than 1x1: TensorFlow's `Conv2DBackpropFilter` is slow there.
+# Measured on a 2-core AVX512_BF16 CPU (2026-12-07), batch 256, the quickstart's last stages, with
+# another job on the machine: 3x3 of 512 channels at 2x2, bfloat16 94.6 ms against 17.8 by products
+# (float32 72.7 against 40.2); 256 channels at 4x4 58.0 against 20.5 (float32 44.3 against 45.4);
+# the strided 3x3 from 4x4 to 2x2 81.8 against 16.9 (float32 43.3 against 29.0). At 8x8 and larger
+# TensorFlow's was as fast or faster (16x16, 64 channels: 28.6 against 29.2).
+SMALL_MAP_POSITIONS = 16
 
 # `Conv2D.forward_input_gradient` choices: `auto` (None: the machine's default, see `Conv2D`),
 # `forward` (True), `native` (False).
@@ -143,8 +155,49 @@ def input_gradient(dy, kernel, input_shape, strides):
     return dx[:, :height, :width, :]
 
 
-def conv2d(inputs, kernel, strides, padding):
-    """`tf.nn.conv2d` (channels-last, no dilation) whose input gradient is `input_gradient`."""
+def filter_gradient(padded, dy, kernel_shape, strides):
+    """The gradient of a 'valid' convolution with respect to its kernel, by matrix products.
+
+    `dw[i, j] = x_ij^T dy`, where `x_ij` is the input seen by tap (i, j) (every s-th position from
+    (i, j)), both flattened over batch and positions: for stride 1 one product per tap of a shifted
+    slice of the input; strided, one product of all patches (`tf.image.extract_patches`, whose
+    patch layout (i, j, channel) is the kernel's).
+
+    Args:
+        padded: (batch, height, width, in_channels) the convolution's (padded) input.
+        dy: (batch, out_h, out_w, out_channels) gradient of its output.
+        kernel_shape: (k_h, k_w, in_channels, out_channels), static ints.
+        strides: (s_h, s_w) static ints.
+
+    Returns:
+        (k_h, k_w, in_channels, out_channels) gradient with respect to the kernel.
+    """
+    k_h, k_w, c_in, c_out = (int(d) for d in kernel_shape)
+    s_h, s_w = strides
+    out_h, out_w = int(dy.shape[1]), int(dy.shape[2])
+    dy_rows = tf.reshape(dy, [-1, c_out])
+    if (s_h, s_w) == (1, 1):
+        taps = [tf.matmul(tf.reshape(padded[:, i:i + out_h, j:j + out_w, :], [-1, c_in]), dy_rows,
+                          transpose_a=True)
+                for i in range(k_h) for j in range(k_w)]
+        return tf.reshape(tf.stack(taps), [k_h, k_w, c_in, c_out])
+    patches = tf.image.extract_patches(padded, [1, k_h, k_w, 1], [1, s_h, s_w, 1], [1, 1, 1, 1], "VALID")
+    patches = patches[:, :out_h, :out_w, :]
+    product = tf.matmul(tf.reshape(patches, [-1, k_h * k_w * c_in]), dy_rows, transpose_a=True)
+    return tf.reshape(product, [k_h, k_w, c_in, c_out])
+
+
+def conv2d(inputs, kernel, strides, padding, *, forward_input_gradient: bool = True,
+           matmul_filter_gradient: bool = False):
+    """`tf.nn.conv2d` (channels-last, no dilation) with a choice of gradient computations.
+
+    Args:
+        inputs, kernel, strides, padding: as `tf.nn.conv2d` (strides as (s_h, s_w)).
+        forward_input_gradient: the input gradient by `input_gradient` (forward convolutions);
+            else TensorFlow's `Conv2DBackpropInput`.
+        matmul_filter_gradient: the kernel gradient by `filter_gradient` (matrix products); else
+            TensorFlow's `Conv2DBackpropFilter`.
+    """
     strides = tuple(int(s) for s in strides)
     padding = padding.upper()
 
@@ -161,16 +214,24 @@ def conv2d(inputs, kernel, strides, padding):
 
         def grad(dy):
             centred = pad_h == pad_w == ((w.shape[0] - 1) // 2,) * 2 and w.shape[0] == w.shape[1]
-            if strides == (1, 1) and centred:
+            if not forward_input_gradient:
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(padded), filter=w, out_backprop=dy,
+                    strides=(1, *strides, 1), padding="VALID")
+                dx = dx[:, pad_h[0]:pad_h[0] + int(x.shape[1]), pad_w[0]:pad_w[0] + int(x.shape[2]), :]
+            elif strides == (1, 1) and centred:
                 # Stride 1, 'same', a square odd kernel: one 'same' convolution of the reversed kernel.
                 flipped = tf.transpose(tf.reverse(w, axis=[0, 1]), [0, 1, 3, 2])
                 dx = tf.nn.conv2d(dy, flipped, strides=1, padding="SAME")
             else:
                 dx = input_gradient(dy, w, (int(padded.shape[1]), int(padded.shape[2])), strides)
                 dx = dx[:, pad_h[0]:pad_h[0] + int(x.shape[1]), pad_w[0]:pad_w[0] + int(x.shape[2]), :]
-            dw = tf.raw_ops.Conv2DBackpropFilter(
-                input=padded, filter_sizes=tf.shape(w), out_backprop=dy,
-                strides=(1, *strides, 1), padding="VALID")
+            if matmul_filter_gradient:
+                dw = filter_gradient(padded, dy, w.shape, strides)
+            else:
+                dw = tf.raw_ops.Conv2DBackpropFilter(
+                    input=padded, filter_sizes=tf.shape(w), out_backprop=dy,
+                    strides=(1, *strides, 1), padding="VALID")
             return dx, dw
 
         return y, grad
@@ -181,13 +242,20 @@ def conv2d(inputs, kernel, strides, padding):
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` whose input gradient runs as forward convolutions (see the module).
+    """`keras.layers.Conv2D` with the faster gradient computations of this module where they pay.
 
     Attributes:
-        forward_input_gradient: True: take this module's path where it applies; False: the
-            parent's convolution (the export traces with it: a SavedModel stores no Python
-            gradient function); None (default): this path where `default_forward_input_gradient()`
-            says (CPUs without AVX-512) and for strided 1x1 convolutions, the parent's elsewhere.
+        forward_input_gradient: the input gradient by forward convolutions (`input_gradient`).
+            True: wherever it applies (stride 1, a 1x1 kernel, or a strided output of at most
+            `STRIDED_MAX_OUTPUT` positions); False: TensorFlow's; None (default): as True where
+            `default_forward_input_gradient()` says (CPUs without AVX-512), and on every machine for
+            strided 1x1 kernels and for inputs whose channels are not a multiple of 16.
+        matmul_filter_gradient: the kernel gradient by matrix products (`filter_gradient`).
+            True: always; False: TensorFlow's; None (default): for kernels larger than 1x1 whose
+            output map has at most `SMALL_MAP_POSITIONS` positions, strided 1x1 kernels, and inputs
+            whose channels are not a multiple of 16 (see the module docstring).
+        Both False give the parent's convolution (the export traces with it: a SavedModel stores
+        no Python gradient function).
 
     Args:
         **kwargs: as `keras.layers.Conv2D`.
@@ -196,17 +264,30 @@ class Conv2D(keras.layers.Conv2D):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.forward_input_gradient: bool | None = None
+        self.matmul_filter_gradient: bool | None = None
 
-    def _forward_gradient(self, inputs) -> bool:
+    def _applies(self, inputs) -> bool:
+        return (keras.backend.backend() == "tensorflow" and self.data_format == "channels_last"
+                and self.groups == 1 and tuple(self.dilation_rate) == (1, 1)
+                and len(inputs.shape) == 4 and None not in tuple(inputs.shape[1:]))
+
+    def _gradient_paths(self, inputs) -> tuple[bool, bool]:
+        """(input gradient by forward convolutions, kernel gradient by matrix products) for `inputs`."""
+        if not self._applies(inputs):
+            return False, False
+        pointwise = tuple(self.kernel_size) == (1, 1)
+        strided = tuple(self.strides) != (1, 1)
+        positions = self._output_positions(inputs)
         forward = self.forward_input_gradient
         if forward is None:
-            forward = default_forward_input_gradient() or (
-                tuple(self.kernel_size) == (1, 1) and tuple(self.strides) != (1, 1))
-        return (forward and keras.backend.backend() == "tensorflow"
-                and self.data_format == "channels_last"
-                and self.groups == 1 and tuple(self.dilation_rate) == (1, 1)
-                and len(inputs.shape) == 4 and None not in tuple(inputs.shape[1:])
-                and (tuple(self.strides) == (1, 1) or self._output_positions(inputs) <= STRIDED_MAX_OUTPUT))
+            forward = (default_forward_input_gradient() or (pointwise and strided)
+                       or int(inputs.shape[-1]) % 16 != 0)
+        forward = forward and (not strided or pointwise or positions <= STRIDED_MAX_OUTPUT)
+        matmul = self.matmul_filter_gradient
+        if matmul is None:
+            matmul = ((not pointwise and positions <= SMALL_MAP_POSITIONS) or (pointwise and strided)
+                      or int(inputs.shape[-1]) % 16 != 0)
+        return bool(forward), bool(matmul)
 
     def _output_positions(self, inputs) -> int:
         sizes = []
@@ -215,6 +296,8 @@ class Conv2D(keras.layers.Conv2D):
         return sizes[0] * sizes[1]
 
     def convolution_op(self, inputs, kernel):
-        if not self._forward_gradient(inputs):
+        forward, matmul = self._gradient_paths(inputs)
+        if not (forward or matmul):
             return super().convolution_op(inputs, kernel)
-        return conv2d(inputs, kernel, self.strides, self.padding)
+        return conv2d(inputs, kernel, self.strides, self.padding,
+                      forward_input_gradient=forward, matmul_filter_gradient=matmul)
