@@ -213,9 +213,10 @@ def test_default_path_follows_the_machine():
     assert Conv2D(2, 1, strides=2)._gradient_paths(x)[0]
     assert Conv2D(2, 1)._gradient_paths(x)[0] is default_forward_input_gradient()
     assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 8, 8, 24]))[0]  # channels not a multiple of 16
-    # The kernel gradient by matrix products for kernels above 1x1 on maps of 4x4 at most.
-    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32]))[1]
-    assert Conv2D(2, 3, strides=2)._gradient_paths(tf.zeros([1, 8, 8, 32]))[1]  # 8x8 -> 4x4
+    # The kernel gradient by matrix products for kernels above 1x1 on maps of 4x4 at most (bfloat16).
+    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32], tf.bfloat16))[1]
+    assert Conv2D(2, 3, strides=2)._gradient_paths(tf.zeros([1, 8, 8, 32], tf.bfloat16))[1]  # 8x8 -> 4x4
+    assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32]))[1]  # float32: TensorFlow's
     assert not Conv2D(2, 3, padding="same")._gradient_paths(tf.zeros([1, 5, 4, 32]))[1]  # 20 positions
     assert not Conv2D(2, 1)._gradient_paths(tf.zeros([1, 2, 2, 32]))[1]
     assert Conv2D(2, 1, strides=2)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]  # strided 1x1

@@ -65,7 +65,9 @@ STRIDED_MAX_OUTPUT = 16
 # another job on the machine: 3x3 of 512 channels at 2x2, bfloat16 94.6 ms against 17.8 by products
 # (float32 72.7 against 40.2); 256 channels at 4x4 58.0 against 20.5 (float32 44.3 against 45.4);
 # the strided 3x3 from 4x4 to 2x2 81.8 against 16.9 (float32 43.3 against 29.0). At 8x8 and larger
-# TensorFlow's was as fast or faster (16x16, 64 channels: 28.6 against 29.2).
+# TensorFlow's was as fast or faster (16x16, 64 channels: 28.6 against 29.2). In the quickstart's
+# whole step that made bfloat16 1.10x faster (166-177 images/s against 154-159) but float32 slower
+# (106-108 against 114-115, idle), so float32 keeps TensorFlow's kernel there.
 SMALL_MAP_POSITIONS = 16
 
 # `Conv2D.forward_input_gradient` choices: `auto` (None: the machine's default, see `Conv2D`),
@@ -251,9 +253,10 @@ class Conv2D(keras.layers.Conv2D):
             `default_forward_input_gradient()` says (CPUs without AVX-512), and on every machine for
             strided 1x1 kernels and for inputs whose channels are not a multiple of 16.
         matmul_filter_gradient: the kernel gradient by matrix products (`filter_gradient`).
-            True: always; False: TensorFlow's; None (default): for kernels larger than 1x1 whose
-            output map has at most `SMALL_MAP_POSITIONS` positions, strided 1x1 kernels, and inputs
-            whose channels are not a multiple of 16 (see the module docstring).
+            True: always; False: TensorFlow's; None (default): in bfloat16 for kernels larger than
+            1x1 whose output map has at most `SMALL_MAP_POSITIONS` positions; in any precision for
+            strided 1x1 kernels and inputs whose channels are not a multiple of 16 (see the module
+            docstring).
         Both False give the parent's convolution (the export traces with it: a SavedModel stores
         no Python gradient function).
 
@@ -285,7 +288,8 @@ class Conv2D(keras.layers.Conv2D):
         forward = forward and (not strided or pointwise or positions <= STRIDED_MAX_OUTPUT)
         matmul = self.matmul_filter_gradient
         if matmul is None:
-            matmul = ((not pointwise and positions <= SMALL_MAP_POSITIONS) or (pointwise and strided)
+            small = not pointwise and positions <= SMALL_MAP_POSITIONS
+            matmul = ((small and inputs.dtype == tf.bfloat16) or (pointwise and strided)
                       or int(inputs.shape[-1]) % 16 != 0)
         return bool(forward), bool(matmul)
 

@@ -420,28 +420,21 @@ class SimCLRModel(keras.Model):
         logits = self.supervised_head(self.supervised_head_input(x), training=False)
         loss = self._supervised_loss(labels, logits)
         self.total_loss_tracker.update_state(loss)
-        return {
-            m.name: m.result()
-            for m in (self.total_loss_tracker, self.supervised_loss_tracker, self.supervised_top1,
-                      self.supervised_top5)
-        }
+        trackers = (self.total_loss_tracker, self.supervised_loss_tracker, self.supervised_top1,
+                    self.supervised_top5)
+        return {m.name: m.result() for m in trackers}
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                name: getattr(self, name)
-                for name in (
-                    "resnet_depth", "width_multiplier", "cifar_stem", "sk_ratio", "se_ratio",
-                    "batch_norm_decay", "global_bn", "fused_batch_norm", "proj_head_mode",
-                    "proj_out_dim", "num_proj_layers", "ft_proj_selector", "num_classes",
-                    "zero_init_logits_layer", "train_mode", "lineareval_while_pretraining",
-                    "fine_tune_after_block", "temperature", "hidden_norm", "contrastive_loss",
-                    "margin", "semi_hard_negatives", "optimizer_name",
-                    "weight_decay", "memory_buffer_size", "memory_momentum",
-                )
-            }
-        )
+        config.update({name: getattr(self, name) for name in (
+            "resnet_depth", "width_multiplier", "cifar_stem", "sk_ratio", "se_ratio",
+            "batch_norm_decay", "global_bn", "fused_batch_norm", "proj_head_mode",
+            "proj_out_dim", "num_proj_layers", "ft_proj_selector", "num_classes",
+            "zero_init_logits_layer", "train_mode", "lineareval_while_pretraining",
+            "fine_tune_after_block", "temperature", "hidden_norm", "contrastive_loss",
+            "margin", "semi_hard_negatives", "optimizer_name",
+            "weight_decay", "memory_buffer_size", "memory_momentum",
+        )})
         # A user's encoder serialises through Keras' own mechanism; ours from the arguments above.
         config["encoder"] = keras.saving.serialize_keras_object(self.encoder) if self.custom_encoder else None
         return config
