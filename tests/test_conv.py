@@ -228,3 +228,21 @@ def test_default_path_follows_the_machine():
     assert [resolve_input_gradient(c) for c in ("auto", "forward", "native")] == [None, True, False]
     with pytest.raises(ValueError, match="auto"):
         resolve_input_gradient("fast")
+
+
+def test_export_traces_tensorflow_gradients_and_restores_the_choice():
+    """The export traces every `Conv2D` as Keras' (a SavedModel stores no Python gradient)."""
+    from simclr_tf.export import _traceable_for_export
+
+    inputs = keras.Input((8, 8, 3))
+    stem = Conv2D(16, 3, padding="same")  # 3 channels: the products path by default
+    shortcut = Conv2D(32, 1, strides=2)  # strided 1x1: both paths of this module by default
+    shortcut.matmul_filter_gradient = True
+    model = keras.Model(inputs, shortcut(stem(inputs)))
+    x = tf.zeros([1, 8, 8, 3])
+    assert stem._gradient_paths(x)[1] and shortcut._gradient_paths(tf.zeros([1, 8, 8, 16])) == (True, True)
+    with _traceable_for_export([model]):
+        assert stem._gradient_paths(x) == (False, False)
+        assert shortcut._gradient_paths(tf.zeros([1, 8, 8, 16])) == (False, False)
+    assert (stem.forward_input_gradient, stem.matmul_filter_gradient) == (None, None)
+    assert (shortcut.forward_input_gradient, shortcut.matmul_filter_gradient) == (None, True)

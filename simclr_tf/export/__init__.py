@@ -121,18 +121,19 @@ def _traceable_for_export(parts):
     flat = [layer for part in parts if part is not None for layer in part._flatten_layers()]
     norms = [layer for layer in flat
              if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
-    convs = {layer: layer.forward_input_gradient for layer in flat if isinstance(layer, Conv2D)}
+    convs = {layer: (layer.forward_input_gradient, layer.matmul_filter_gradient)
+             for layer in flat if isinstance(layer, Conv2D)}
     for layer in norms:
         layer.synchronized = False
     for layer in convs:
-        layer.forward_input_gradient = False
+        layer.forward_input_gradient = layer.matmul_filter_gradient = False
     try:
         yield
     finally:
         for layer in norms:
             layer.synchronized = True
-        for layer, forward in convs.items():
-            layer.forward_input_gradient = forward
+        for layer, (forward, matmul) in convs.items():
+            layer.forward_input_gradient, layer.matmul_filter_gradient = forward, matmul
 
 
 def _tf_variables(variables):
