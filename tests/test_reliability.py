@@ -134,3 +134,16 @@ def test_intact_checkpoints_of_a_relative_model_dir_report_nothing(tmp_path, mon
     assert reports == []
     assert found == [os.path.join("runs/x", f"{checkpoints.CHECKPOINT_NAME}-4"),
                      os.path.join("runs/x", f"{checkpoints.CHECKPOINT_NAME}-2")]
+
+
+def test_steps_per_execution_that_overshoots_the_run_is_refused(tmp_path):
+    """68 steps of 11 per epoch with 8 per execution trained 72: refused before any work."""
+    from simclr_tf.training.phases import check_steps_per_execution
+
+    with pytest.raises(ValueError, match=r"--steps_per_execution=8 must divide .* \(11\) .* \(68\).*\[1\]"):
+        check_steps_per_execution(8, 11, 68)
+    check_steps_per_execution(4, 12, 24)  # divides both: allowed
+    check_steps_per_execution(1, 11, 68)
+    with pytest.raises(ValueError, match=r"Use one of \[1, 2, 3, 6\]"):
+        train(_config(tmp_path / "run", train_steps=6, steps_per_execution=4))
+    assert not os.path.exists(tmp_path / "run" / "checkpoint")

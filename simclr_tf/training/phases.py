@@ -62,6 +62,20 @@ def build_for_training(config: Config, strategy, num_classes: int, schedule=None
     return model, optimizer
 
 
+def check_steps_per_execution(steps_per_execution: int, steps_per_epoch: int, total_steps: int) -> None:
+    """Keras runs whole executions: one that does not divide the epoch and the run trains past the
+    run's last step, where the learning-rate schedule has ended (seen: 72 steps of a 68-step run)."""
+    steps_per_epoch = min(steps_per_epoch, total_steps)  # as `fit` runs a run shorter than an epoch
+    if steps_per_execution > 1 and (steps_per_epoch % steps_per_execution
+                                    or total_steps % steps_per_execution):
+        divisors = [d for d in range(1, steps_per_epoch + 1) if steps_per_epoch % d == 0 == total_steps % d]
+        raise ValueError(
+            f"--steps_per_execution={steps_per_execution} must divide the steps per epoch "
+            f"({steps_per_epoch}) and the run's steps ({total_steps}): Keras runs whole executions, so "
+            f"training would go past its last step. Use one of {divisors}, or set --train_steps to a "
+            "multiple of it.")
+
+
 def fit(config: Config, strategy) -> dict:
     """Pretraining or fine-tuning, resuming from the latest checkpoint in model_dir.
 
@@ -110,6 +124,7 @@ def fit(config: Config, strategy) -> dict:
         train_steps=train.train_steps,
         warmup_epochs=config.optimizer.warmup_epochs,
     )
+    check_steps_per_execution(train.steps_per_execution, schedule.steps_per_epoch, schedule.total_steps)
     model, optimizer = build_for_training(config, strategy, num_classes, schedule)
     # What `fit` trains: the model, or a DistillationModel around it (the checkpoints hold `model`).
     trained = model if teacher is None else distill.distillation_model(config, strategy, model, optimizer,
