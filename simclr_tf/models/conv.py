@@ -1,4 +1,7 @@
-"""2-D convolution whose input gradient is computed by forward convolutions.
+"""2-D convolution whose gradients avoid TensorFlow's slow (and, on one CPU, unsafe) CPU kernels.
+
+The input gradient can run as forward convolutions (`input_gradient`), the kernel gradient as
+matrix products (`filter_gradient`); `Conv2D` picks per layer, by machine, shape and precision.
 
 TensorFlow's CPU kernel for the gradient of a convolution with respect to its input,
 `Conv2DBackpropInput`, is slow where the feature maps are small and the channels many: on a
@@ -18,7 +21,7 @@ a full correlation of `dy` with the reversed sub-kernel `w[a::s]` (its input and
 swapped). In two dimensions that is one forward convolution per phase `(a, b)` (one for stride 1,
 four for stride 2), whose results interleave into `dx`: exactly the multiply-adds of the native
 op, none spent on inserted zeros. 'same' padding is padding the input first and cropping the
-gradient after. The kernel's gradient keeps TensorFlow's `Conv2DBackpropFilter`, which is fast.
+gradient after.
 
 This path pays only on CPUs without AVX-512. On a 2-core AVX-512 CPU (AMD EPYC with AVX512_BF16,
 2026-12-07) TensorFlow's kernel has no such weakness: for the quickstart's shapes (batch 256) it is
@@ -37,10 +40,10 @@ Its kernel gradient `Conv2DBackpropFilter` has the same fault for the strided 1x
 so those kernel gradients are matrix products (`filter_gradient`), as for small maps (below).
 
 `Conv2D` is a drop-in subclass of `keras.layers.Conv2D` (same arguments, variables, checkpoints and
-saved config) that takes this path for what the ResNet uses: 2-D, channels-last, no dilation or
-groups, with the TensorFlow backend, stride 1 or a small strided output (`STRIDED_MAX_OUTPUT`);
-anything else is the parent's code. The gradients agree with
-TensorFlow's own up to float32 rounding (`tests/test_conv.py`).
+saved config) that takes these paths for what the ResNet uses: 2-D, channels-last, no dilation or
+groups, with the TensorFlow backend (the input gradient: stride 1, a 1x1 kernel, or a small strided
+output, `STRIDED_MAX_OUTPUT`); anything else is the parent's code. The gradients agree with a
+float64 NumPy reference up to float32 rounding (`tests/test_conv.py`).
 """
 
 from __future__ import annotations
