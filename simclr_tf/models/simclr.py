@@ -14,6 +14,9 @@ from simclr_tf.models.memory import MemoryBuffer, check_memory_buffer, copy_of, 
 from simclr_tf.models.resnet import build_resnet, freeze_up_to_block
 from simclr_tf.optimizers import LARS, VariableRoles, weight_decay_loss
 
+# The heads compute in float32 under a mixed policy: bfloat16 blurs NT-Xent's cosine logits; cheap.
+HEAD_DTYPE = "float32"
+
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class SimCLRModel(keras.Model):
@@ -192,11 +195,9 @@ class SimCLRModel(keras.Model):
                 copy_of(encoder) if self.custom_encoder else self._our_encoder("momentum_resnet"),
                 self._projection_head("momentum_projection_head"), size=memory_buffer_size,
                 momentum=memory_momentum, name="memory_buffer")
-        self.supervised_head = (
-            SupervisedHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
-            if num_classes
-            else None
-        )
+        self.supervised_head = SupervisedHead(
+            num_classes, zero_init=zero_init_logits_layer, name="head_supervised", dtype=HEAD_DTYPE,
+        ) if num_classes else None
         if train_mode == "finetune":
             if self.custom_encoder:
                 self.encoder.trainable = fine_tune_after_block < 4
@@ -224,7 +225,7 @@ class SimCLRModel(keras.Model):
         return ProjectionHead(
             proj_head_mode=self.proj_head_mode, proj_out_dim=self.proj_out_dim,
             num_proj_layers=self.num_proj_layers, batch_norm_decay=self.batch_norm_decay,
-            global_bn=self.global_bn, name=name,
+            global_bn=self.global_bn, name=name, dtype=HEAD_DTYPE,
         )
 
     # --- forward ------------------------------------------------------------------------------
