@@ -700,7 +700,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conv_filter_gradient", choices=("auto", "matmul", "native"), default="auto",
                         help="the convolutions' kernel gradient: by matrix products, by TensorFlow's "
                              "Conv2DBackpropFilter (native), or the layer's default (auto: products "
-                             "for maps of 4x4 and smaller, strided 1x1 kernels and odd channel counts)")
+                             "for maps of 4x4 and smaller in bfloat16, strided 1x1 kernels of few "
+                             "channels)")
     parser.add_argument("--native_conv_gradient", action="store_const", const="native",
                         dest="conv_input_gradient", help="the same as --conv_input_gradient=native")
     parser.add_argument("--inter_op_threads", type=int, default=0,

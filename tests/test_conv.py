@@ -219,9 +219,10 @@ def test_default_path_follows_the_machine():
     assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32]))[1]  # float32: TensorFlow's
     assert not Conv2D(2, 3, padding="same")._gradient_paths(tf.zeros([1, 5, 4, 32]))[1]  # 20 positions
     assert not Conv2D(2, 1)._gradient_paths(tf.zeros([1, 2, 2, 32]))[1]
-    assert Conv2D(2, 1, strides=2)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]  # strided 1x1
+    assert not Conv2D(2, 1, strides=2)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]  # 32 channels
     assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]
-    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 16, 16, 3]))[1]  # channels not a multiple of 16
+    assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 16, 16, 3]))[1]  # a stem: TensorFlow's
+    assert Conv2D(2, 1, strides=2)._gradient_paths(tf.zeros([1, 16, 16, 8]))[1]  # strided 1x1, 8 channels
     native = Conv2D(2, 3)
     native.forward_input_gradient = native.matmul_filter_gradient = False
     assert native._gradient_paths(tf.zeros([1, 2, 2, 2])) == (False, False)  # the parent's convolution
@@ -235,12 +236,12 @@ def test_export_traces_tensorflow_gradients_and_restores_the_choice():
     from simclr_tf.export import _traceable_for_export
 
     inputs = keras.Input((8, 8, 3))
-    stem = Conv2D(16, 3, padding="same")  # 3 channels: the products path by default
+    stem = Conv2D(16, 3, padding="same")  # 3 channels: the forward-convolution path by default
     shortcut = Conv2D(32, 1, strides=2)  # strided 1x1: both paths of this module by default
     shortcut.matmul_filter_gradient = True
     model = keras.Model(inputs, shortcut(stem(inputs)))
     x = tf.zeros([1, 8, 8, 3])
-    assert stem._gradient_paths(x)[1] and shortcut._gradient_paths(tf.zeros([1, 8, 8, 16])) == (True, True)
+    assert stem._gradient_paths(x)[0] and shortcut._gradient_paths(tf.zeros([1, 8, 8, 16])) == (True, True)
     with _traceable_for_export([model]):
         assert stem._gradient_paths(x) == (False, False)
         assert shortcut._gradient_paths(tf.zeros([1, 8, 8, 16])) == (False, False)
