@@ -70,9 +70,11 @@ import tensorflow as tf
 from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, OptimizerConfig
 from simclr_tf.models.build import build_model
 from simclr_tf.models.conv import (
+    FILTER_GRADIENTS,
     INPUT_GRADIENTS,
     Conv2D,
     default_forward_input_gradient,
+    resolve_filter_gradient,
     resolve_input_gradient,
 )
 from simclr_tf.models.simclr import SimCLRModel
@@ -327,7 +329,7 @@ def build_train_model(
     ).resolved()
     model = build_model(config, num_classes, fused_batch_norm=not keras_batch_norm)
     forward = resolve_input_gradient(conv_input_gradient)
-    matmul = {"auto": None, "matmul": True, "native": False}[conv_filter_gradient]
+    matmul = resolve_filter_gradient(conv_filter_gradient)
     for layer in model._flatten_layers():
         if isinstance(layer, Conv2D):
             layer.forward_input_gradient = forward
@@ -697,7 +699,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the convolutions' input gradient: by forward convolutions, by "
                              "TensorFlow's Conv2DBackpropInput (native), or the machine's default "
                              "(auto: forward on CPUs without AVX-512)")
-    parser.add_argument("--conv_filter_gradient", choices=("auto", "matmul", "native"), default="auto",
+    parser.add_argument("--conv_filter_gradient", choices=FILTER_GRADIENTS, default="auto",
                         help="the convolutions' kernel gradient: by matrix products, by TensorFlow's "
                              "Conv2DBackpropFilter (native), or the layer's default (auto: products "
                              "for maps of 4x4 and smaller in bfloat16, strided 1x1 kernels of few "

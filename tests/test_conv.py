@@ -1,4 +1,4 @@
-"""`simclr_tf.models.conv`: the input gradient by forward convolutions against TensorFlow's own."""
+"""`simclr_tf.models.conv`: its gradients against a NumPy reference, and which path each layer takes."""
 
 import functools
 
@@ -13,6 +13,7 @@ from simclr_tf.models.conv import (
     default_forward_input_gradient,
     filter_gradient,
     input_gradient,
+    resolve_filter_gradient,
     resolve_input_gradient,
 )
 
@@ -227,6 +228,9 @@ def test_default_path_follows_the_machine():
     native.forward_input_gradient = native.matmul_filter_gradient = False
     assert native._gradient_paths(tf.zeros([1, 2, 2, 2])) == (False, False)  # the parent's convolution
     assert [resolve_input_gradient(c) for c in ("auto", "forward", "native")] == [None, True, False]
+    assert [resolve_filter_gradient(c) for c in ("auto", "matmul", "native")] == [None, True, False]
+    with pytest.raises(ValueError, match="kernel gradient"):
+        resolve_filter_gradient("forward")
     with pytest.raises(ValueError, match="auto"):
         resolve_input_gradient("fast")
 

@@ -76,6 +76,8 @@ SMALL_MAP_POSITIONS = 16
 # `Conv2D.forward_input_gradient` choices: `auto` (None: the machine's default, see `Conv2D`),
 # `forward` (True), `native` (False).
 INPUT_GRADIENTS = ("auto", "forward", "native")
+# `Conv2D.matmul_filter_gradient` choices: `auto` (None), `matmul` (True), `native` (False).
+FILTER_GRADIENTS = ("auto", "matmul", "native")
 
 _READ = object()  # not given: ask the machine
 
@@ -107,9 +109,18 @@ def _machine_forward_input_gradient() -> bool:
 
 def resolve_input_gradient(choice: str) -> bool | None:
     """`Conv2D.forward_input_gradient` for one of `INPUT_GRADIENTS` (`auto`: None)."""
-    if choice not in INPUT_GRADIENTS:
-        raise ValueError(f"conv input gradient must be one of {INPUT_GRADIENTS}. Received: {choice!r}.")
-    return {"auto": None, "forward": True, "native": False}[choice]
+    return _resolve("conv input gradient", choice, INPUT_GRADIENTS)
+
+
+def resolve_filter_gradient(choice: str) -> bool | None:
+    """`Conv2D.matmul_filter_gradient` for one of `FILTER_GRADIENTS` (`auto`: None)."""
+    return _resolve("conv kernel gradient", choice, FILTER_GRADIENTS)
+
+
+def _resolve(what: str, choice: str, choices: tuple[str, str, str]) -> bool | None:
+    if choice not in choices:
+        raise ValueError(f"{what} must be one of {choices}. Received: {choice!r}.")
+    return {choices[0]: None, choices[1]: True, choices[2]: False}[choice]
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -285,16 +296,15 @@ class Conv2D(keras.layers.Conv2D):
         pointwise = tuple(self.kernel_size) == (1, 1)
         strided = tuple(self.strides) != (1, 1)
         positions = self._output_positions(inputs)
+        few_channels = int(inputs.shape[-1]) % 16 != 0  # TensorFlow's strided gradients unsafe
         forward = self.forward_input_gradient
         if forward is None:
-            forward = (default_forward_input_gradient() or (pointwise and strided)
-                       or int(inputs.shape[-1]) % 16 != 0)
+            forward = default_forward_input_gradient() or (pointwise and strided) or few_channels
         forward = forward and (not strided or pointwise or positions <= STRIDED_MAX_OUTPUT)
         matmul = self.matmul_filter_gradient
         if matmul is None:
             small = not pointwise and positions <= SMALL_MAP_POSITIONS
-            matmul = ((small and inputs.dtype == tf.bfloat16)
-                      or (pointwise and strided and int(inputs.shape[-1]) % 16 != 0))
+            matmul = (small and inputs.dtype == tf.bfloat16) or (pointwise and strided and few_channels)
         return bool(forward), bool(matmul)
 
     def _output_positions(self, inputs) -> int:
