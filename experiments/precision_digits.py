@@ -26,15 +26,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality_digits  # the sibling experiment
 
 
-def run_one(out: str, precision: str, seed: int, train_epochs: int = 0) -> dict:
+def run_one(out: str, precision: str, seed: int, train_epochs: int = 0, image_size: int = 0) -> dict:
     from simclr_tf.config import Config
     from simclr_tf.training import train
 
     quickstart = Config()
     train_epochs = train_epochs or quickstart.train.train_epochs
-    model_dir = os.path.join(out, f"{precision}_{train_epochs}epochs_seed{seed}")
-    config = dataclasses.replace(quickstart, train=dataclasses.replace(
-        quickstart.train, model_dir=model_dir, seed=seed, precision=precision, train_epochs=train_epochs))
+    image_size = image_size or quickstart.image_size
+    model_dir = os.path.join(out, f"{precision}_{train_epochs}epochs_{image_size}px_seed{seed}")
+    config = dataclasses.replace(
+        quickstart,
+        data=dataclasses.replace(quickstart.data, image_size=image_size),
+        train=dataclasses.replace(quickstart.train, model_dir=model_dir, seed=seed, precision=precision,
+                                  train_epochs=train_epochs))
     started = time.time()
     results = train(config)
     wall = time.time() - started
@@ -47,6 +51,7 @@ def run_one(out: str, precision: str, seed: int, train_epochs: int = 0) -> dict:
         "policy": stored["config"]["train"]["precision"],
         "seed": seed,
         "train_epochs": train_epochs,
+        "image_size": image_size,
         "run_seconds": wall,
         "train_seconds": stored.get("train_seconds"),
         "images_per_second": stored.get("train_images_per_second"),
@@ -69,6 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default="float32,auto", help="comma-separated --precision values")
     parser.add_argument("--train_epochs", type=int, default=0,
                         help="pretraining epochs (default: the quickstart's)")
+    parser.add_argument("--image_size", type=int, default=0,
+                        help="pretraining image side (default: the quickstart's)")
     parser.add_argument("--out", default="runs/precision", help="folder of the runs")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -77,7 +84,7 @@ def main(argv=None) -> int:
     runs = []
     for seed in seeds:  # interleaved, so that a change of load hits both precisions
         for precision in precisions:
-            runs.append(run_one(args.out, precision, seed, args.train_epochs))
+            runs.append(run_one(args.out, precision, seed, args.train_epochs, args.image_size))
             print(json.dumps(runs[-1]), flush=True)
 
     print("\nThe quickstart per precision and seed; accuracies are top-1 on the 360 held-out digits "

@@ -83,6 +83,8 @@ def _parse(argv):
     parser.add_argument("--pretrain_crop_min_area", type=float, default=0.5,
                         help="Smallest crop of the pretraining (the quickstart's: 0.2); chosen with "
                              "few-label probes on the validation part (README).")
+    parser.add_argument("--pretrain_image_size", type=int, default=16,
+                        help="Image side of the pretraining and of every row (the quickstart's: 12).")
     parser.add_argument("--pretrain_temperature", type=float, default=0.5,
                         help="NT-Xent temperature of the pretraining (the quickstart's: 0.5).")
     parser.add_argument("--finetune_steps", type=int, default=100, help="Fine-tuning steps (row 4).")
@@ -152,6 +154,7 @@ def pretrain_config(args):
     base = Config()
     return dataclasses.replace(
         base,
+        data=dataclasses.replace(base.data, image_size=args.pretrain_image_size),
         model=dataclasses.replace(base.model, num_proj_layers=3),
         augment=dataclasses.replace(base.augment, crop_min_area=args.pretrain_crop_min_area),
         loss=dataclasses.replace(base.loss, temperature=args.pretrain_temperature),

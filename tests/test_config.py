@@ -21,9 +21,9 @@ from simclr_tf.config import (
 def test_defaults_validate():
     config = Config()
     assert config.validate() is config
-    # The defaults are the quickstart: built-in digits at 16 px, where the CIFAR recipe applies.
+    # The defaults are the quickstart: built-in digits at 12 px, where the CIFAR recipe applies.
     resolved = config.resolved()
-    assert resolved.data.dataset == "digits" and resolved.image_size == 16
+    assert resolved.data.dataset == "digits" and resolved.image_size == 12
     assert resolved.model.cifar_stem is True
     assert resolved.augment.color_jitter_strength == 0.5 and resolved.augment.use_blur is False
 
