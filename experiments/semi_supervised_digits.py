@@ -3,7 +3,7 @@
     python experiments/semi_supervised_digits.py [--out runs/semi_supervised_digits] \\
         [--pretrained runs/<a pretraining with --num_proj_layers=3>]
 
-scikit-learn's handwritten digits: 1,437 training and 360 held-out 8x8 scans (trained at 16 px).
+scikit-learn's handwritten digits: 1,437 training and 360 held-out 8x8 scans (trained at 12 px).
 With 2 labels per class and with 10% of the labels, the script prints the top-1 accuracy on the 360
 held-out digits of:
 
@@ -17,9 +17,9 @@ held-out digits of:
   6. distilled into a smaller student (a ResNet-10, half the parameters) the same way.
 
 Rows 1 and 3 are the mean over `--draws` draws of the labelled images (seeds 0, 1, ...); rows 2, 4,
-5 and 6 train once, on draw 0 (the runs' seed), whose row-1 and row-3 numbers are stored too. One
-SimCLR pretraining (the quickstart with SimCLRv2's 3-layer projection head and crops of at least
-half the image, `--pretrain_crop_min_area=0.5`) serves rows 3 to 6; it is run into
+5 and 6 train once, on the draw of the runs' seed (`--seed`, default 0), whose row-1 and row-3
+numbers are printed too. One SimCLR pretraining (the quickstart with SimCLRv2's 3-layer projection
+head and crops of at least half the image, `--pretrain_crop_min_area=0.5`) serves rows 3 to 6; it is run into
 `<out>/pretrain` unless `--pretrained` names a finished one. Every training is a normal run
 directory under `--out` (`<setting>/<row>`: checkpoints, logs, result.json); one that holds a run
 of other settings stops the script (its numbers would be reported for these). Every row's wall
@@ -83,12 +83,16 @@ def _parse(argv):
     parser.add_argument("--pretrain_crop_min_area", type=float, default=0.5,
                         help="Smallest crop of the pretraining (the quickstart's: 0.2); chosen with "
                              "few-label probes on the validation part (README).")
-    parser.add_argument("--pretrain_image_size", type=int, default=16,
-                        help="Image side of the pretraining and of every row (the quickstart's: 12).")
+    parser.add_argument("--pretrain_image_size", type=int, default=None,
+                        help="Image side of the pretraining and of every row (default: the "
+                             "quickstart's, 12 px; chosen over 16 px with --probe_pretrainings, README).")
     parser.add_argument("--pretrain_temperature", type=float, default=0.5,
                         help="NT-Xent temperature of the pretraining (the quickstart's: 0.5).")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of the pretraining and so of every run, and the label draw that the "
+                             "trained rows use (draw i: seed i).")
     parser.add_argument("--finetune_steps", type=int, default=100, help="Fine-tuning steps (row 4).")
-    parser.add_argument("--finetune_learning_rate", type=float, default=0.005,
+    parser.add_argument("--finetune_learning_rate", type=float, default=0.002,
                         help="Chosen by --tune (README).")
     parser.add_argument("--ft_head_init", default="initializer", choices=("initializer", "linear_probe"),
                         help="How fine-tuning (row 4) starts its head (simclr_tf's --ft_head_init).")
@@ -159,7 +163,7 @@ def pretrain_config(args):
         augment=dataclasses.replace(base.augment, crop_min_area=args.pretrain_crop_min_area),
         loss=dataclasses.replace(base.loss, temperature=args.pretrain_temperature),
         train=dataclasses.replace(base.train, model_dir=os.path.join(args.out, "pretrain"),
-                                  train_steps=args.pretrain_steps),
+                                  train_steps=args.pretrain_steps, seed=args.seed),
     )
 
 
@@ -387,15 +391,16 @@ def main(argv=None) -> int:
     total = time.time() - started
 
     print(f"\nTop-1 on the {len(pixels[1][1])} held-out digits (digits:test); rows 1 and 3: mean of "
-          f"{args.draws} label draws, the others draw 0. Pretraining ({pretrained_dir}): "
+          f"{args.draws} label draws, the others draw {seed} (the runs' seed). "
+          f"Pretraining ({pretrained_dir}): "
           f"{pretrain_seconds:.0f} s this time, its linear evaluation with all labels "
           f"{pretrain_result.get('eval_top1', float('nan')):.2%}.")
     markdown = format_table(table, args.settings)
     print(markdown)
     for setting in args.settings:
         for name in ("pixels", "linear_eval"):
-            if name in table[setting]:
-                print(f"{setting}, {name}, draw 0: {table[setting][name]['draws'][0]:.1%}")
+            if name in table[setting] and seed < len(table[setting][name]["draws"]):
+                print(f"{setting}, {name}, draw {seed}: {table[setting][name]['draws'][seed]:.1%}")
     for name, count in params.items():
         print(f"parameters of the {name} network: encoder {count['encoder']:,}, total {count['total']:,}")
     print(f"total {total:.0f} s (pretraining {pretrain_seconds:.0f} s)")

@@ -62,6 +62,15 @@ def test_finetune_from_scratch_on_purpose_trains(tmp_path):
     assert "Traceback" not in other.stderr
 
 
+def test_the_fine_tuning_start_says_what_it_starts_from():
+    """Fine-tuning from a pretraining once printed "from random weights" as well (2026-12-07)."""
+    from simclr_tf.training.phases import finetune_start_note
+
+    assert finetune_start_note(None) == "Fine-tuning from random weights (--checkpoint=none)."
+    note = finetune_start_note(TrainConfig(checkpoint="runs/a").init_checkpoint)
+    assert "random weights" not in note and "head starts from its initializer" in note
+
+
 def test_init_checkpoint_reads_none_as_no_checkpoint():
     assert TrainConfig(checkpoint="none").init_checkpoint is None
     assert TrainConfig(checkpoint="").init_checkpoint is None

@@ -180,7 +180,9 @@ def test_probe_of_a_pretraining_on_the_validation_part(tmp_path, monkeypatch, ca
 
     ssd = _module()
     args = ssd._parse(["--out", str(tmp_path), "--draws", "2"])
-    save_config(ssd.pretrain_config(args), str(tmp_path / "pretrain"))
+    pretrain = ssd.pretrain_config(args)
+    assert pretrain.image_size == 12  # the quickstart's
+    save_config(pretrain, str(tmp_path / "pretrain"))
 
     class Pixels:
         def encoder(self, x, training=False):
@@ -193,7 +195,7 @@ def test_probe_of_a_pretraining_on_the_validation_part(tmp_path, monkeypatch, ca
     rows = ssd.probe_pretrainings(args, [str(tmp_path / "pretrain")])
 
     source = load_source("digits", "train", seed=0)
-    pixels, labels = ssd._arrays(source, 16)
+    pixels, labels = ssd._arrays(source, pretrain.image_size)
     np.testing.assert_array_equal(labels, source_labels(source))
     rest, held = held_out_split(labels, fraction=0.2, seed=0)
     assert len(held) == 287 and not set(rest) & set(held)
@@ -229,5 +231,5 @@ def test_a_run_of_other_settings_in_out_is_not_reused(tmp_path):
     save_config(finetune, finetune.train.model_dir)
     faster = dataclasses.replace(
         finetune, optimizer=dataclasses.replace(finetune.optimizer, learning_rate=0.1))
-    with pytest.raises(SystemExit, match=r"optimizer.learning_rate is 0.005 there and 0.1 now.*delete"):
+    with pytest.raises(SystemExit, match=r"optimizer.learning_rate is 0.002 there and 0.1 now.*delete"):
         ssd.check_same_settings(faster)

@@ -62,6 +62,14 @@ def build_for_training(config: Config, strategy, num_classes: int, schedule=None
     return model, optimizer
 
 
+def finetune_start_note(init_checkpoint: str | None) -> str:
+    """What a fresh fine-tuning with the head's own initializer starts from, as printed."""
+    if init_checkpoint is None:
+        return "Fine-tuning from random weights (--checkpoint=none)."
+    return ("Fine-tuning from those weights; the supervised head starts from its initializer "
+            "(--ft_head_init=initializer).")
+
+
 def check_steps_per_execution(steps_per_execution: int, steps_per_epoch: int, total_steps: int) -> None:
     """Keras runs whole executions: one that does not divide the epoch and the run trains past the
     run's last step, where the learning-rate schedule has ended (seen: 72 steps of a 68-step run)."""
@@ -145,7 +153,7 @@ def fit(config: Config, strategy) -> dict:
               f"{num_examples} labelled training images (--ft_head_init=linear_probe; its top-1 on "
               f"those training images: {top1:.2%}).", flush=True)
     elif start_step == 0 and train.train_mode == "finetune":
-        print("Fine-tuning from random weights (--checkpoint=none).", flush=True)
+        print(finetune_start_note(train.init_checkpoint), flush=True)
     if start_step:
         print(f"Resuming from {saver.latest} at step {start_step}.", flush=True)
 
