@@ -240,6 +240,10 @@ def _print_summary(results: dict) -> None:
         if results.get("stopped_by") == "time_budget":
             print(f"Trained to step {results['train_steps_done']} of {results['train_steps']} (stopped by "
                   f"the time budget) in {results['train_seconds']:.0f} s{speed}")
+        elif results.get("train_start_step"):
+            start, end = results["train_start_step"], results["train_steps"]
+            print(f"Trained {end - start} steps this time (resumed at step {start}, now {end} of {end}) "
+                  f"in {results['train_seconds']:.0f} s{speed}")
         else:
             print(f"Trained {results['train_steps']} steps in {results['train_seconds']:.0f} s{speed}")
     model_dir = results["model_dir"]

@@ -59,6 +59,9 @@ def test_cli_writes_the_expected_files_and_resumes(tmp_path):
                       "--checkpoint_steps=2", "--linear_eval_epochs=0")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Resuming from" in second.stdout and "at step 4" in second.stdout
+    # What it says it trained is this run's share, not the whole schedule (2026-12-07).
+    assert "Trained 2 steps this time (resumed at step 4, now 6 of 6)" in second.stdout
+    assert "Trained 4 steps in" in first.stdout
     assert os.path.exists(os.path.join(model_dir, "ckpt-6.index"))
     assert json.load(open(os.path.join(model_dir, "result.json")))["train_steps"] == 6
 

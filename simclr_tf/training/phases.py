@@ -221,6 +221,7 @@ def fit(config: Config, strategy) -> dict:
     summary["train_seconds"] = round(seconds, 1)
     step = int(model.optimizer.iterations.numpy())
     summary["train_steps_done"] = step
+    summary["train_start_step"] = start_step
     summary["stopped_by"] = None
     if budget.stopped_at is not None:
         summary["stopped_by"] = "time_budget"
