@@ -32,8 +32,8 @@ from simclr_tf.validation import check_one_of
 # Datasets we know without asking TFDS: name -> (native image size, number of classes).
 # Any other name is passed to TFDS as-is.
 KNOWN_DATASETS = {
-    # 8x8 scans, trained at 12 px by default (the source stores 32 px): 16 px took 1.5x the FLOPs
-    # for the same held-out linear evaluation within a 360th (README, the quickstart).
+    # 8x8 scans, trained at 12 px by default (the source stores 32 px): 16 px took 1.8x the FLOPs
+    # for a held-out linear evaluation within one of the 360 images (README, the quickstart).
     "digits": (12, 10),
     "synthetic": (32, 10),
     "cifar10": (32, 10),
