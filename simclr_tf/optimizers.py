@@ -9,9 +9,11 @@ Which variables those are is decided by role, through the layers that own them
 (`VariableRoles.of(model)`): every variable of a normalisation layer (any
 `keras.layers.BatchNormalization`, our fused subclass included, `LayerNormalization`,
 `GroupNormalization`), every layer's `bias`, and the supervised head's variables. So a
-`keras.applications` backbone or a batch norm named "bn" is treated right. `SimCLRModel` hands its
-roles to the optimizer when compiled or built. Where a name is all there is (LARS on bare
-variables), the original code's name rule applies: `NAME_RULE`, substrings of variable paths.
+`keras.applications` backbone or a batch norm named "bn" is treated right once the optimizer knows
+the model: `SimCLRModel` hands its roles to the optimizer when compiled or built, and any other
+Keras model is named with `LARS(..., exclude_from=model)`. Where a name is all there is (LARS on
+bare variables), the original code's name rule applies, widened to Keras' own naming: `NAME_RULE`,
+substrings of variable paths; LARS warns when it has to fall back to it.
 
 The learning-rate schedule is in `simclr_tf.schedules`.
 
@@ -25,6 +27,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import keras
 import tensorflow as tf
@@ -33,9 +36,16 @@ from keras import ops
 from simclr_tf.config import OPTIMIZERS
 from simclr_tf.validation import check_number, check_one_of
 
-# The original code's exclusion by name: batch norm, biases and the supervised head. Used where a
+# The original code's exclusion by name (batch norm, biases, the supervised head), plus Keras' own
+# naming of batch norms: `keras.applications` names them "<block>_bn" ("conv1_bn/gamma"), and an
+# unnamed one is "batch_normalization[_N]", which "batch_norm" already matches. Used where a
 # variable's name is all there is; models hand over their `VariableRoles` instead.
-NAME_RULE = ("batch_norm", "bias", "head_supervised")
+_NAMES_BY_ROLE = {
+    "normalization": ("batch_norm", "_bn/"),
+    "bias": ("bias",),
+    "supervised_head": ("head_supervised",),
+}
+NAME_RULE = tuple(pattern for patterns in _NAMES_BY_ROLE.values() for pattern in patterns)
 _NORMALIZATION_LAYERS = (
     keras.layers.BatchNormalization,  # also our fused subclass and synchronised batch norm
     keras.layers.LayerNormalization,
@@ -95,10 +105,10 @@ class VariableRoles:
 
     @classmethod
     def from_names(cls, variables) -> VariableRoles:
-        """The original code's name rule: `batch_norm`, `bias` and `head_supervised` in the path."""
+        """The name rule `NAME_RULE`: `batch_norm` or `_bn/`, `bias`, `head_supervised` in the path."""
         variables = list(variables)
-        pick = lambda pattern: frozenset(id(v) for v in variables if _matches_any(v, (pattern,)))
-        return cls(pick(NAME_RULE[0]), pick(NAME_RULE[1]), pick(NAME_RULE[2]))
+        pick = lambda patterns: frozenset(id(v) for v in variables if _matches_any(v, patterns))
+        return cls(**{role: pick(patterns) for role, patterns in _NAMES_BY_ROLE.items()})
 
     def is_normalization(self, variable) -> bool:
         return id(variable) in self.normalization
@@ -140,9 +150,9 @@ class LARS(keras.optimizers.Optimizer):
     Whether decay or adaptation applies to a variable is decided once, in `build` (again if
     `set_variable_roles` comes later), so the update itself has no Python branching on tensors and
     runs inside `tf.function` and XLA (`jit_compile=True`). Normalisation parameters, biases and
-    the supervised head are excluded by role once a model has called `set_variable_roles`
-    (`SimCLRModel` does, in `compile` and `build`); before that, or for bare variables, by the
-    original's name rule `NAME_RULE`.
+    the supervised head are excluded by role: the roles of the layers of `exclude_from`, or those a
+    model hands over with `set_variable_roles` (`SimCLRModel` does, in `compile` and `build`).
+    Without either (bare variables), by the name rule `NAME_RULE`, with a warning.
 
     Args:
         learning_rate: float, a `keras.optimizers.schedules.LearningRateSchedule`, or a callable
@@ -161,18 +171,28 @@ class LARS(keras.optimizers.Optimizer):
         exclude_from_layer_adaptation: sequence of str or `None`. Variables matching one of these
             substrings get no trust ratio (plain momentum SGD), on top of the roles. `None` uses
             `exclude_from_weight_decay`. Defaults to `None`.
+        exclude_from: `keras.layers.Layer` (usually a `keras.Model`) or `None`. The model whose
+            variables this optimizer trains: its normalisation layers' variables and its layers'
+            biases get neither decay nor adaptation, whatever their names. Read when the optimizer
+            is built, so the model may still be unbuilt here. Not part of `get_config`: pass it
+            again to a restored optimizer. Unneeded for a `SimCLRModel`, which hands its roles
+            over itself. Defaults to `None`.
         **kwargs: further arguments of `keras.optimizers.Optimizer` (`name`, `clipnorm`,
             `global_clipnorm`, `use_ema`, `loss_scale_factor`, ...), except `weight_decay`, which
             is LARS' own.
 
     Raises:
-        ValueError: if `momentum`, `weight_decay` or `eta` is out of range.
+        ValueError: if `momentum`, `weight_decay` or `eta` is out of range, or `exclude_from` is
+            not a Keras layer or model.
 
     Example:
         ```python
         schedule = WarmupCosineDecay(peak_learning_rate=4.8, warmup_steps=3128, total_steps=31279)
         optimizer = LARS(schedule, momentum=0.9, weight_decay=1e-6)
-        model.compile(optimizer=optimizer)
+        model.compile(optimizer=optimizer)  # a SimCLRModel hands over its variable roles
+
+        backbone = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg")
+        backbone.compile(optimizer=LARS(0.1, weight_decay=1e-6, exclude_from=backbone), loss="mse")
         ```
 
     References:
@@ -191,6 +211,7 @@ class LARS(keras.optimizers.Optimizer):
         nesterov=False,
         exclude_from_weight_decay=None,
         exclude_from_layer_adaptation=None,
+        exclude_from=None,
         name=None,
         **kwargs,
     ):
@@ -207,6 +228,15 @@ class LARS(keras.optimizers.Optimizer):
         self.eta = float(eta)
         self.nesterov = bool(nesterov)
         self._roles = None
+        if exclude_from is not None and not isinstance(exclude_from, keras.layers.Layer):
+            raise ValueError(
+                "`exclude_from` must be the Keras model (or layer) whose variables LARS trains, "
+                "e.g. LARS(0.1, exclude_from=model), or None. "
+                f"Received: exclude_from={exclude_from!r} of type {type(exclude_from).__name__}."
+            )
+        # A closure, not an attribute: the optimizer must not track (and checkpoint) the model.
+        self._roles_of_model = (None if exclude_from is None
+                                else lambda: VariableRoles.of(exclude_from))
         self.exclude_from_weight_decay = (
             None
             if exclude_from_weight_decay is None
@@ -223,14 +253,23 @@ class LARS(keras.optimizers.Optimizer):
             return self.exclude_from_weight_decay
         return self.exclude_from_layer_adaptation
 
-    def _excluded(self, variable, patterns) -> bool:
+    def _active_roles(self) -> VariableRoles | None:
+        """The roles handed over, else those of `exclude_from`'s layers now, else None (names)."""
         if self._roles is not None:
-            return self._roles.lars_excluded(variable) or (
+            return self._roles
+        return None if self._roles_of_model is None else self._roles_of_model()
+
+    @staticmethod
+    def _excluded(variable, patterns, roles) -> bool:
+        if roles is not None:
+            return roles.lars_excluded(variable) or (
                 patterns is not None and _matches_any(variable, patterns))
         return _matches_any(variable, NAME_RULE if patterns is None else patterns)
 
     def set_variable_roles(self, roles: VariableRoles | None) -> None:
-        """Excludes by role from now on (see `VariableRoles`); `None` goes back to names.
+        """Excludes by role from now on (see `VariableRoles`).
+
+        `None` goes back to the roles of `exclude_from` if one was given, to names otherwise.
 
         Called by `SimCLRModel` in `compile` and `build`; if the optimizer is already built, the
         per-variable decisions are made again.
@@ -241,11 +280,17 @@ class LARS(keras.optimizers.Optimizer):
 
     def uses_weight_decay(self, variable) -> bool:
         """Whether LARS adds `weight_decay * w` to this variable's gradient."""
-        return self.weight_decay > 0 and not self._excluded(variable, self.exclude_from_weight_decay)
+        return self._uses_weight_decay(variable, self._active_roles())
 
     def uses_layer_adaptation(self, variable) -> bool:
         """Whether LARS scales this variable's learning rate by the trust ratio."""
-        return not self._excluded(variable, self._adaptation_patterns())
+        return self._uses_layer_adaptation(variable, self._active_roles())
+
+    def _uses_weight_decay(self, variable, roles) -> bool:
+        return self.weight_decay > 0 and not self._excluded(variable, self.exclude_from_weight_decay, roles)
+
+    def _uses_layer_adaptation(self, variable, roles) -> bool:
+        return not self._excluded(variable, self._adaptation_patterns(), roles)
 
     def build(self, variables):
         """Creates one momentum slot per variable and fixes the per-variable exclusions.
@@ -262,8 +307,17 @@ class LARS(keras.optimizers.Optimizer):
     def _decide(self, variables):
         # Decided here, on the Keras variables: update_step may receive the backend variable (or a
         # per-replica component) instead.
-        self._decay_flags = [self.uses_weight_decay(v) for v in variables]
-        self._adaptation_flags = [self.uses_layer_adaptation(v) for v in variables]
+        roles = self._active_roles()  # exclude_from's layers are built by now: they own `variables`
+        if roles is None and None in (self.exclude_from_weight_decay, self._adaptation_patterns()):
+            warnings.warn(
+                "LARS knows no model, so it leaves variables out of weight decay and the trust "
+                f"ratio by their names only (the name rule {NAME_RULE}), which misses normalisation "
+                "layers and biases named otherwise. Pass the model: LARS(..., exclude_from=model) "
+                "(a SimCLRModel hands its roles over itself when compiled).",
+                stacklevel=3,
+            )
+        self._decay_flags = [self._uses_weight_decay(v, roles) for v in variables]
+        self._adaptation_flags = [self._uses_layer_adaptation(v, roles) for v in variables]
 
     def _apply_weight_decay(self, variables):
         # LARS' weight decay is coupled and applied in update_step; the base class' decoupled

@@ -1,6 +1,7 @@
 """LARS against a NumPy transcription of its update rule; schedule, scaling and weight decay by hand."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -534,10 +535,11 @@ def test_roles_follow_the_layer_not_its_name():
     optimizer.set_variable_roles(VariableRoles.of(model))
     excluded = _lars_excluded(optimizer, model.trainable_variables)
     assert excluded == {"bn/gamma", "bn/beta", "out/bias"}
-    # The original's name rule, where no roles are given, gets both wrong.
-    by_name = _lars_excluded(LARS(0.1, weight_decay=1e-4), model.trainable_variables)
+    # The name rule, where no roles are given, gets both wrong, and says it is guessing.
+    with pytest.warns(UserWarning, match="by their names only"):
+        by_name = _lars_excluded(LARS(0.1, weight_decay=1e-4), model.trainable_variables)
     assert by_name == {"batch_norm_lookalike/kernel", "out/bias"}
-    assert NAME_RULE == ("batch_norm", "bias", "head_supervised")
+    assert NAME_RULE == ("batch_norm", "_bn/", "bias", "head_supervised")
 
 
 def test_roles_given_after_build_change_the_decisions():
@@ -563,3 +565,73 @@ def test_weight_decay_loss_by_role_skips_a_batch_norm_named_bn():
                              roles=roles)
     # d/kernel (8x4) and d/bias (4) decayed: 0.1 * (32 + 4) * 4 / 2; gamma and beta of "bn" not.
     np.testing.assert_allclose(float(loss), 0.1 * 36 * 2.0, rtol=1e-6)
+
+
+def test_lars_exclude_from_a_keras_applications_resnet50_compiled_outside_simclr():
+    # keras.applications names its batch norms "conv1_bn": neither "batch_norm" nor a SimCLRModel.
+    backbone = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
+                                           input_shape=(32, 32, 3))
+    by_path = {v.path: v for v in backbone.trainable_variables}
+    rng = np.random.default_rng(0)
+    for path in ("conv1_bn/gamma", "conv1_conv/bias"):  # away from 1 and 0, where decay and the
+        v = by_path[path]                                # trust ratio would change nothing
+        v.assign(rng.normal(1.0, 0.5, size=v.shape).astype(np.float32))
+    optimizer = LARS(0.5, exclude_from=backbone, **HYPER)
+    # Eager, so the step runs the very ops of the tape below: at batch 2 a random ResNet-50's
+    # gradients are ill-conditioned enough that a traced step's reordered sums differ visibly.
+    backbone.compile(optimizer=optimizer, loss="mse", run_eagerly=True)
+    x = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    y = rng.normal(size=(2, 2048)).astype(np.float32)
+    initial = {path: v.numpy() for path, v in by_path.items()}
+    with tf.GradientTape() as tape:  # the gradient of Keras' train step, at the initial weights
+        loss = keras.losses.MeanSquaredError()(y, backbone(x, training=True))
+    gradients = dict(zip(by_path, tape.gradient(loss, list(by_path.values())), strict=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the roles are known: no warning about the name rule
+        backbone.train_on_batch(x, y)
+
+    excluded = {v.path for v, decay, adapt in zip(backbone.trainable_variables, optimizer._decay_flags,
+                                                   optimizer._adaptation_flags, strict=True)
+                if not decay and not adapt}
+    roles = VariableRoles.of(backbone)
+    assert excluded == {v.path for v in backbone.trainable_variables
+                        if roles.is_normalization(v) or roles.is_bias(v)}
+    assert len(excluded) == 53 * 3  # gamma, beta and the conv's bias of 53 conv + batch-norm pairs
+    for path, decay_and_adapt in [("conv1_bn/gamma", False), ("conv1_conv/bias", False),
+                                  ("conv1_conv/kernel", True)]:
+        expected = numpy_lars(initial[path], [gradients[path].numpy()], [0.5], nesterov=False,
+                              decay=decay_and_adapt, adapt=decay_and_adapt, **HYPER)
+        other = numpy_lars(initial[path], [gradients[path].numpy()], [0.5], nesterov=False,
+                           decay=not decay_and_adapt, adapt=not decay_and_adapt, **HYPER)
+        np.testing.assert_allclose(by_path[path].numpy(), expected, rtol=1e-4, atol=1e-6, err_msg=path)
+        assert not np.allclose(by_path[path].numpy(), other, rtol=1e-3, atol=1e-5), path
+
+
+def test_name_rule_knows_keras_batch_norm_naming_and_warns():
+    backbone = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
+                                           input_shape=(32, 32, 3))
+    optimizer = LARS(0.1, weight_decay=1e-4)
+    with pytest.warns(UserWarning, match=r"by their names only .* exclude_from=model"):
+        excluded = _lars_excluded(optimizer, backbone.trainable_variables)
+    roles = VariableRoles.of(backbone)
+    # "conv1_bn/gamma" and "conv1_conv/bias": the name rule now finds what the roles find.
+    assert excluded == {v.path for v in backbone.trainable_variables
+                        if roles.is_normalization(v) or roles.is_bias(v)}
+    assert "conv1_bn/gamma" in excluded and "conv1_conv/kernel" not in excluded
+
+
+def test_exclude_from_is_read_when_built_and_rejects_non_layers():
+    inputs = keras.Input((8,))
+    outputs = keras.layers.LayerNormalization(name="ln")(keras.layers.Dense(4, name="d")(inputs))
+    model = keras.Model(inputs, outputs)
+    optimizer = LARS(0.1, weight_decay=1e-4, exclude_from=model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer.build(model.trainable_variables)
+    assert [v.path for v in model.trainable_variables] == ["d/kernel", "d/bias", "ln/gamma", "ln/beta"]
+    assert optimizer._decay_flags == [True, False, False, False]
+    assert optimizer._adaptation_flags == [True, False, False, False]
+    assert "exclude_from" not in optimizer.get_config()
+    with pytest.raises(ValueError, match=r"`exclude_from` must be the Keras model .* Received: "
+                                         r"exclude_from=\['d'\] of type list"):
+        LARS(0.1, exclude_from=["d"])
