@@ -1,4 +1,5 @@
-"""TFDS data sets through TFDS' real `download_and_prepare`, offline, and the messages when it fails.
+"""TFDS data sets through TFDS' real `download_and_prepare`, offline, and the messages when it fails;
+fashion_mnist prepared from the files of the Debian package dataset-fashion-mnist.
 
 `tfds.testing.mock_data` (tests/test_sources.py) skips `download_and_prepare`, so it never saw that
 TFDS imports `importlib_resources` while it prepares a data set, which broke every download of a
@@ -10,6 +11,7 @@ its package (`code_path`), and that is where it imports `importlib_resources`; a
 a test module without a package would skip it.
 """
 
+import dataclasses
 import importlib
 import os
 import socket
@@ -18,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+from simclr_tf.data import installed
 from simclr_tf.data.sources import DatasetNotFoundError, load_source, source_labels
 
 _PACKAGE = "simclr_tf_tiny_tfds"
@@ -220,3 +223,131 @@ def test_imagenet_names_its_archives_and_their_sizes(tmp_path, name):
     assert "You need to register on https://image-net.org/download-images" in message
     assert f"Then run again with the same --data_dir={str(tmp_path)!r}" in message
     assert os.listdir(tmp_path) == []
+
+
+# --- fashion_mnist from the Debian package dataset-fashion-mnist -------------------------------------
+
+_FASHION = installed.INSTALLED_DOWNLOADS["fashion_mnist"]
+_needs_package = pytest.mark.skipif(
+    bool(installed.missing_files(_FASHION)),
+    reason=f"the Debian package {_FASHION.package} is not installed in {_FASHION.folder} (CI installs it: "
+           f"`{_FASHION.install_command}`)",
+)
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """Host names do not resolve (a machine without network), so a download fails at once."""
+    resolve = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in ("localhost", "127.0.0.1", "::1"):
+            raise socket.gaierror(socket.EAI_NONAME, f"test_tfds runs offline: {host} does not resolve")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    from tensorflow_datasets.core.download import downloader
+
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # one attempt fails the same way as eleven
+
+
+def _sha256(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@_needs_package
+def test_the_debian_files_rebuild_exactly_the_files_tfds_downloads(tmp_path):
+    import tensorflow_datasets as tfds
+
+    registered = {info.filename: info for info in tfds.builder("fashion_mnist").url_infos.values()}
+    assert sorted(registered) == sorted(_FASHION.gzip_mtimes)
+    for name in registered:  # as installed, the gzip headers differ (no file name): TFDS would refuse them
+        assert _sha256(os.path.join(_FASHION.folder, name)) != registered[name].checksum
+    written = installed.restore_downloads(_FASHION, str(tmp_path))
+    assert sorted(os.path.basename(p) for p in written) == sorted(registered)
+    for path in written:
+        info = registered[os.path.basename(path)]
+        assert os.path.getsize(path) == info.size
+        assert _sha256(path) == info.checksum
+
+
+@pytest.mark.slow
+@_needs_package
+def test_fashion_mnist_is_prepared_offline_from_the_debian_files_by_tfds(tmp_path, no_dns, caplog):
+    import logging
+
+    data_dir = tmp_path / "tfds"
+    with caplog.at_level(logging.INFO, logger="simclr_tf"):
+        train = load_source("fashion_mnist", "train", data_dir=str(data_dir), download=True)
+    assert f"from the files of the Debian package dataset-fashion-mnist in {_FASHION.folder}" in caplog.text
+    test = load_source("fashion_mnist", "test", data_dir=str(data_dir), download=True)
+    assert (train.num_examples, test.num_examples) == (60_000, 10_000)
+    assert (train.num_classes, train.image_size) == (10, 28)
+    assert os.path.isfile(data_dir / "fashion_mnist" / "3.0.1" / "dataset_info.json")
+    assert [f for f in _files(data_dir) if f.startswith("downloads")] == []  # nothing fetched, nothing left
+
+    images = np.concatenate([batch.numpy() for batch, _ in train.dataset.batch(10_000)])
+    assert images.shape == (60_000, 28, 28, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])  # grey, on three channels
+    grey = images[..., 0].astype(np.int64)
+    assert grey.sum() == 3_431_114_169  # the training set's mean 0.2860 and std 0.3530 (of [0, 1]), exactly
+    assert round(grey.mean() / 255, 4) == 0.2860 and round((grey / 255).std(), 4) == 0.3530
+    assert np.bincount(source_labels(train)).tolist() == [6000] * 10
+    assert np.bincount(source_labels(test)).tolist() == [1000] * 10
+
+
+def test_without_the_debian_package_an_offline_download_names_it(tmp_path, no_dns, monkeypatch):
+    absent = dataclasses.replace(_FASHION, folder=str(tmp_path / "not_installed"))
+    monkeypatch.setitem(installed.INSTALLED_DOWNLOADS, "fashion_mnist", absent)
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist") as raised:
+        load_source("fashion_mnist", "train", data_dir=str(data_dir), download=True)
+    message = str(raised.value)
+    assert "Could not download and prepare TFDS data set 'fashion_mnist'" in message
+    assert f"simclr_tf finds them in {absent.folder} without any flag" in message
+    assert "Traceback" not in message and "\n" not in message
+    assert not (data_dir / "fashion_mnist").exists()
+
+    # Some of its files gone: reinstall, and which are missing.
+    os.makedirs(absent.folder)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        os.symlink(os.path.join(_FASHION.folder, name), os.path.join(absent.folder, name))
+    with pytest.raises(DatasetNotFoundError, match=(
+            r"dataset-fashion-mnist that holds its files is incomplete \(t10k-images-idx3-ubyte.gz, "
+            r"t10k-labels-idx1-ubyte.gz missing in .*`apt-get install dataset-fashion-mnist --reinstall`")):
+        load_source("fashion_mnist", "train", data_dir=str(data_dir), download=True)
+
+
+@_needs_package
+def test_a_damaged_debian_file_is_refused_by_tfds_checksums_then_downloaded(tmp_path, no_dns, monkeypatch,
+                                                                             caplog):
+    import logging
+
+    damaged = dataclasses.replace(_FASHION, folder=str(tmp_path / "package"))
+    os.makedirs(damaged.folder)
+    for name in _FASHION.gzip_mtimes:
+        os.symlink(os.path.join(_FASHION.folder, name), os.path.join(damaged.folder, name))
+    labels = os.path.join(damaged.folder, "t10k-labels-idx1-ubyte.gz")
+    data = bytearray(open(os.path.realpath(labels), "rb").read())
+    data[100] ^= 1
+    os.remove(labels)
+    open(labels, "wb").write(bytes(data))
+    monkeypatch.setitem(installed.INSTALLED_DOWNLOADS, "fashion_mnist", damaged)
+    data_dir = tmp_path / "tfds"
+    with caplog.at_level(logging.WARNING, logger="simclr_tf"), \
+            pytest.raises(DatasetNotFoundError, match="could not be fetched or read"):
+        load_source("fashion_mnist", "test", data_dir=str(data_dir), download=True)
+    assert "Could not prepare fashion_mnist from the files of the Debian package" in caplog.text
+    assert "NonMatchingChecksumError" in caplog.text and "downloading them instead" in caplog.text
+    assert not (data_dir / "fashion_mnist").exists()
+
+
+@_needs_package
+def test_nodownload_says_the_debian_files_need_no_network(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=(
+            r"Pass --download to let TFDS download and prepare it \(from the files of the installed Debian "
+            r"package dataset-fashion-mnist, without network\)")):
+        load_source("fashion_mnist", "train", data_dir=str(tmp_path), download=False)

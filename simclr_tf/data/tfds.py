@@ -20,6 +20,7 @@ from simclr_tf.data.base import (
     Source,
     unknown_split_error,
 )
+from simclr_tf.data.installed import InstalledDownloads, installed_downloads, missing_files, restore_downloads
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,16 @@ def _download_error(name: str, builder, error: Exception, removed: str | None) -
                f"tfds; tfds.builder('{name}', data_dir='DIR').download_and_prepare()\"`) and pass "
                "--data_dir=DIR (a copy of that folder), or pass --nodownload to use only the data sets "
                "already prepared in --data_dir.")
+        installed = installed_downloads(builder.name)
+        missing = missing_files(installed) if installed is not None else []
+        if len(missing) == len(installed.gzip_mtimes if installed else ()) and missing:
+            fix = (f"Install the Debian package that holds its files, offline from a local mirror too: "
+                   f"`{installed.install_command}` (as root); simclr_tf finds them in {installed.folder} "
+                   f"without any flag. Or: {fix[0].lower()}{fix[1:]}")
+        elif missing:
+            fix = (f"The Debian package {installed.package} that holds its files is incomplete "
+                   f"({', '.join(missing)} missing in {installed.folder}): reinstall it with "
+                   f"`{installed.install_command} --reinstall` (as root). Or: {fix[0].lower()}{fix[1:]}")
     return DatasetNotFoundError(
         f"Could not download and prepare TFDS data set {name!r} into "
         f"{os.fspath(builder.data_dir_root)!r}: {what}.{cleaned} {fix}"
@@ -163,6 +174,25 @@ def _is_mocked(builder) -> bool:
     return getattr(prepare, "__name__", "") == "mock_download_and_prepare"
 
 
+def _prepare_from_installed(builder, installed: InstalledDownloads) -> None:
+    """Prepares a data set with TFDS' own builder from the files a system package installed.
+
+    The files TFDS downloads are rebuilt in a temporary folder that TFDS takes as `manual_dir`, where
+    its download manager looks before downloading and checks them against its registered checksums.
+    The gzip files are extracted there too, so `data_dir` gets the prepared records only.
+    """
+    import tempfile
+
+    import tensorflow_datasets as tfds
+
+    with tempfile.TemporaryDirectory(prefix=f"simclr_tf_{builder.name}_") as folder:
+        restore_downloads(installed, folder)
+        log.info("Preparing %s into %s from the files of the Debian package %s in %s (no download).",
+                 builder.name, builder.data_dir, installed.package, installed.folder)
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=folder, extract_dir=os.path.join(folder, "extracted")))
+
+
 def _prepare(name: str, builder, download: bool) -> None:
     """Downloads and prepares a missing TFDS data set, or says in one message why it cannot.
 
@@ -179,11 +209,14 @@ def _prepare(name: str, builder, download: bool) -> None:
         return
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and _is_empty_or_missing(manual_dir):
         raise _manual_download_error(name, builder, manual_dir)
+    installed = installed_downloads(builder.name)
     if not download:
+        local = (f" (from the files of the installed Debian package {installed.package}, without network)"
+                 if installed is not None and not missing_files(installed) else "")
         raise DatasetNotFoundError(
             f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}. Pass --download to let "
-            "TFDS download and prepare it, or --data_dir=<dir> pointing at a TFDS data directory that "
-            "holds it."
+            f"TFDS download and prepare it{local}, or --data_dir=<dir> pointing at a TFDS data directory "
+            "that holds it."
         )
     version_dir = os.fspath(builder.data_path)
     if tf.io.gfile.isdir(version_dir):
@@ -194,6 +227,15 @@ def _prepare(name: str, builder, download: bool) -> None:
             "--data_dir pointing at a TFDS data directory where it is prepared."
         )
     existed = _existing_folders(builder)
+    if installed is not None and not missing_files(installed):
+        try:
+            _prepare_from_installed(builder, installed)
+            return
+        except Exception as error:  # e.g. TFDS' checksum check refused a file: download them instead
+            _remove_new_folders(builder, existed)
+            log.warning("Could not prepare %s from the files of the Debian package %s in %s (%s: %s); "
+                        "downloading them instead.", name, installed.package, installed.folder,
+                        type(error).__name__, (str(error).strip().splitlines() or [""])[0][:_REASON_CHARS])
     log.info("Downloading and preparing %s into %s.", name, builder.data_dir)
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
