@@ -15,6 +15,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -146,9 +148,13 @@ def logistic_regression_eval(train_features, train_labels, test_features, test_l
     An L2-regularised multinomial logistic regression (L-BFGS) on standardised features. The
     regularisation `C` (inverse strength) is chosen on a stratified validation part of the training
     features, then the classifier is refitted on all of them and scored on the test features.
+    Fitted on a few labels per class (the paper's semi-supervised linear evaluation: pass only those
+    training features), the validation part keeps at least one example of each class where every
+    class has two.
 
     Args:
-        train_features, train_labels: `(N, D)` float and `(N,)` int arrays (labels >= 0).
+        train_features, train_labels: `(N, D)` float and `(N,)` int arrays (labels >= 0): the
+            labelled training images the classifier may use, e.g. a `label_subset` of them.
         test_features, test_labels: the evaluation images, the same way.
         c_grid: values of `C` to try.
         validation_fraction: float. Share of the training features used to choose `C`.
@@ -156,8 +162,9 @@ def logistic_regression_eval(train_features, train_labels, test_features, test_l
         max_iter: int. L-BFGS iterations per fit (bounds the time).
 
     Returns:
-        dict with `top1`, `top5` (fractions), `C` (chosen), `validation_top1`, `train_examples`,
-        `test_examples`.
+        dict with `top1`, `top5` (fractions), `C` (chosen), `validation_top1`, `train_examples`
+        (the labels fitted on), `test_examples`, and `classifier` (the fitted scikit-learn
+        pipeline, scaler and logistic regression).
 
     References:
         - [Chen et al., 2020 (SimCLR), appendix B.8](https://arxiv.org/abs/2002.05709)
@@ -183,8 +190,14 @@ def logistic_regression_eval(train_features, train_labels, test_features, test_l
             return model.fit(xs, ys)
 
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=validation_fraction, random_state=seed,
+    counts = counts[counts > 0]
+    stratify = y if counts.min() >= 2 else None
+    # scikit-learn's own count for a fraction, raised to one per class where stratifying needs it
+    # (2 labels per class: half of them validate).
+    validation_size = math.ceil(validation_fraction * len(y))
+    if stratify is not None:
+        validation_size = max(validation_size, len(counts))
+    x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=validation_size, random_state=seed,
                                                   stratify=stratify)
     scores = [(fit(c, x_fit, y_fit).score(x_val, y_val), c) for c in c_grid]
     best_score, best_c = max(scores, key=lambda sc: (sc[0], -sc[1]))  # ties: the stronger regularisation
@@ -195,7 +208,7 @@ def logistic_regression_eval(train_features, train_labels, test_features, test_l
     top1 = float(np.mean(ranked[:, 0] == y_test))
     top5 = float(np.mean(np.any(ranked[:, :5] == y_test[:, None], axis=1)))
     return {"top1": top1, "top5": top5, "C": best_c, "validation_top1": float(best_score),
-            "train_examples": int(len(y)), "test_examples": int(len(y_test))}
+            "train_examples": int(len(y)), "test_examples": int(len(y_test)), "classifier": model}
 
 
 class KNNMonitor(keras.callbacks.Callback):

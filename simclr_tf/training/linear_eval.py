@@ -3,7 +3,9 @@
 - `logistic` (the default for small data sets: digits, synthetic, image folders): the paper's
   transfer-learning protocol (SimCLR appendix B.8). Features of un-augmented images from the frozen
   encoder; an L2-regularised multinomial logistic regression (L-BFGS), its regularisation chosen on
-  a validation part of the training images. Seconds on CPU.
+  a validation part of the training images. Seconds on CPU. With `train_labels_per_class` or
+  `train_label_fraction` it sees only those labels (the paper's semi-supervised linear evaluation),
+  the very images the `sgd` protocol and fine-tuning train on (`inputs.labelled_subset`).
 - `sgd` (the default for TFDS data such as ImageNet): the ImageNet protocol. A fresh linear head
   on the frozen encoder, trained with the run's crop and flip, Nesterov momentum, no weight decay,
   its own batch size (`linear_eval_batch_size`), from the run's checkpoint, into
@@ -108,15 +110,30 @@ def _pictures(config: Config, splits: inputs.DataSplits, model) -> dict:
     return {"embeddings_png": png, "embeddings_projector": projector_dir}
 
 
+def label_subset_name(config: Config) -> str:
+    """Which labelled training images supervised phases use, as `inputs.labelled_subset` picks them."""
+    data = config.data
+    if data.train_labels_per_class > 0:
+        return f"{data.train_labels_per_class} per class"
+    if data.train_label_fraction < 1.0:
+        return f"fraction {data.train_label_fraction}"
+    return "all"
+
+
 def _logistic(config: Config, splits: inputs.DataSplits, model) -> dict:
-    labelled = splits.labelled_train
+    labelled = inputs.labelled_subset(config, splits.labelled_train)  # the sgd protocol's labels too
     # `model(images)` returns the encoder's features, whatever the encoder; eval preprocessing only.
     train_features, train_labels = evaluation.extract_features(model, inputs.eval_dataset(config, labelled))
     test_features, test_labels = evaluation.extract_features(model, inputs.eval_dataset(config, splits.eval))
     result = evaluation.logistic_regression_eval(train_features, train_labels, test_features, test_labels,
                                                  seed=config.train.seed)
+    labels, subset = result["train_examples"], label_subset_name(config)
     return {
         "linear_eval_protocol": "logistic",
+        "linear_eval_description": (f"{PROTOCOL_NAMES['logistic']}, fitted on {labels} labelled training "
+                                    f"images ({subset} of {splits.labelled_train.num_examples})"),
+        "linear_eval_train_labels": labels,
+        "linear_eval_label_subset": subset,
         "linear_eval_top1": result["top1"],
         "linear_eval_top5": result["top5"],
         "linear_eval_C": result["C"],
