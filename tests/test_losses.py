@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf import losses
 from simclr_tf.losses import contrastive_loss, margin_triplet, nt_logistic, nt_xent, semi_hard_negative_mask
 
 
@@ -156,8 +157,20 @@ def test_all_zero_projection_does_not_give_nan():
         t_1 = tf.constant(z_1)
         tape.watch(t_1)
         loss, _, _ = nt_xent(t_1, z_2, temperature=0.1)
-    assert np.isfinite(loss.numpy())
-    assert np.all(np.isfinite(tape.gradient(loss, t_1).numpy()))
+    # Hand-worked, N = 4, t = 0.1: z_1 normalises to 0 and z_2 to one vector u. A view-1 query has
+    # 2N - 1 logits of 0 (its positive among them): CE = log(2N - 1). A view-2 query has its
+    # positive and the N - 1 other view-1 logits at 0 and N - 1 view-2 logits at u.u / t = 10:
+    # CE = log(N + (N - 1) e^10). The loss is their sum, averaged over the N samples.
+    n, t = 4, 0.1
+    np.testing.assert_allclose(loss.numpy(), math.log(2 * n - 1) + math.log(n + (n - 1) * math.exp(1 / t)),
+                               rtol=1e-6)
+    # At 0 the normalisation is x / sqrt(epsilon), so d loss / d z_1[k] = epsilon^-1/2 * dL/dz1_hat[k]:
+    # view-1 queries give (N / (2N - 1) - 1) u / t each, and the view-2 queries' softmax weight
+    # q = 1 / (N + (N - 1) e^10) on each view-1 logit gives (N q - 1) u / t, all over N.
+    q = 1.0 / (n + (n - 1) * math.exp(1 / t))
+    u = np.ones(8) / math.sqrt(8)
+    row = (n / (2 * n - 1) - 1 + n * q - 1) * u / t / n / math.sqrt(losses._NORM_EPSILON)
+    np.testing.assert_allclose(tape.gradient(loss, t_1).numpy(), np.tile(row, (4, 1)), rtol=1e-5)
 
 
 def _finite_difference_gradient(f, x, eps=1e-6):
