@@ -22,11 +22,11 @@ One run prints, for this machine:
 Experiments: `--keras_batch_norm` builds the encoder with Keras 3's composite batch norm instead of
 our fused-kernel layer (the gain of the fusion), `--conv_input_gradient=native|forward` takes
 TensorFlow's `Conv2DBackpropInput` or our forward convolutions for the convolutions' input
-gradient (`simclr_tf/models/conv.py`; default `auto`, the machine's choice: forward on CPUs
-without AVX-512; `--native_conv_gradient` is `=native`), `--conv_filter_gradient=native|matmul`
-the same for the kernel gradient, `--precision mixed_bfloat16` times the
-mixed-precision step, `--inter_op_threads` / `--intra_op_threads` set TensorFlow's thread pools,
-and environment variables (`XLA_FLAGS`, `TF_*`) apply as usual.
+gradient (`simclr_tf/models/conv.py`; default `auto`, the plan of the strategy's devices: forward on
+CPUs without AVX-512, TensorFlow's on GPUs and TPUs; `--native_conv_gradient` is `=native`),
+`--conv_filter_gradient=native|matmul` the same for the kernel gradient, `--precision
+mixed_bfloat16` times the mixed-precision step, `--inter_op_threads` / `--intra_op_threads` set
+TensorFlow's thread pools, and environment variables (`XLA_FLAGS`, `TF_*`) apply as usual.
 
 The step is timed exactly as `model.fit` runs it: the compiled `model.make_train_function()` is
 called on device-resident tensors, after warm-up steps (the first call traces and compiles), and the
@@ -73,12 +73,13 @@ from simclr_tf.models.conv import (
     FILTER_GRADIENTS,
     INPUT_GRADIENTS,
     Conv2D,
-    default_forward_input_gradient,
+    conv_gradients_for,
     resolve_filter_gradient,
     resolve_input_gradient,
 )
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import build_optimizer
+from simclr_tf.precision import strategy_devices
 from simclr_tf.schedules import WarmupCosineDecay
 
 # A training step of SimCLR runs the encoder on both views (2x) forward and backward (~3x forward).
@@ -306,8 +307,8 @@ def build_train_model(
         num_classes: classes of the online linear head (0: none).
         keras_batch_norm: build the encoder with Keras' composite batch norm instead of the fused
             one (an experiment: `build_model(..., fused_batch_norm=False)`).
-        conv_input_gradient: how the convolutions' input gradient is computed: `auto` (the
-            machine's default, `simclr_tf.models.conv.default_forward_input_gradient`), `forward`
+        conv_input_gradient: how the convolutions' input gradient is computed: `auto` (the plan
+            of the strategy's devices, `simclr_tf.models.conv.conv_gradients_for`), `forward`
             (by forward convolutions) or `native` (TensorFlow's `Conv2DBackpropInput`); sets
             `forward_input_gradient` of every `simclr_tf.models.conv.Conv2D`.
         conv_filter_gradient: the kernel gradient: `auto` (the layer's default), `matmul`
@@ -698,13 +699,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "fused kernel")
     parser.add_argument("--conv_input_gradient", choices=INPUT_GRADIENTS, default="auto",
                         help="the convolutions' input gradient: by forward convolutions, by "
-                             "TensorFlow's Conv2DBackpropInput (native), or the machine's default "
-                             "(auto: forward on CPUs without AVX-512)")
+                             "TensorFlow's Conv2DBackpropInput (native), or the plan of the devices "
+                             "(auto: forward on CPUs without AVX-512, TensorFlow's on GPUs/TPUs)")
     parser.add_argument("--conv_filter_gradient", choices=FILTER_GRADIENTS, default="auto",
                         help="the convolutions' kernel gradient: by matrix products, by TensorFlow's "
-                             "Conv2DBackpropFilter (native), or the layer's default (auto: products "
-                             "for maps of 4x4 and smaller in bfloat16, strided 1x1 kernels of few "
-                             "channels)")
+                             "Conv2DBackpropFilter (native), or the plan of the devices (auto: on "
+                             "CPUs, products for maps of 4x4 and smaller in bfloat16)")
     parser.add_argument("--native_conv_gradient", action="store_const", const="native",
                         dest="conv_input_gradient", help="the same as --conv_input_gradient=native")
     parser.add_argument("--inter_op_threads", type=int, default=0,
@@ -740,9 +740,15 @@ def _select_cases(args: argparse.Namespace) -> list[Case]:
 
 def _input_gradient_label(choice: str) -> str:
     if choice == "auto":
-        path = "forward convolutions" if default_forward_input_gradient() else "TensorFlow's kernel"
-        return f"auto ({path}; strided 1x1 by forward convolutions)"
+        return f"auto ({conv_gradients_for(strategy_devices()).describe()})"
     return "forward convolutions" if choice == "forward" else "TensorFlow's Conv2DBackpropInput"
+
+
+def device_line(devices=None) -> str:
+    """The device the steps run on, so a figure can be put beside published ones: the GPU's name
+    (and compute capability) from TensorFlow's device details, or the CPU's model."""
+    devices = devices or strategy_devices()
+    return f"device {devices.describe()}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -754,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     keras.mixed_precision.set_global_policy(args.precision)
     print(f"simclr_tf benchmark: TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-          f"{os.cpu_count()} CPU cores, precision {args.precision}"
+          f"{device_line()}, {os.cpu_count()} CPU cores, precision {args.precision}"
           f"{', Keras composite batch norm' if args.keras_batch_norm else ''}"
           f", conv input gradient {_input_gradient_label(args.conv_input_gradient)}, kernel gradient "
           f"{args.conv_filter_gradient}; {load_average()}",

@@ -213,12 +213,33 @@ def test_conv_input_gradient_experiment_switches_every_convolution():
     assert len(convs(native)) == len(convs(forward)) == 21  # ResNet-18: stem, 16 in blocks, 4 shortcuts
     assert not any(layer.forward_input_gradient for layer in convs(native))
     assert all(layer.forward_input_gradient for layer in convs(forward))
-    assert all(layer.forward_input_gradient is None for layer in convs(default))  # the machine's choice
+    assert all(layer.forward_input_gradient is None for layer in convs(default))  # the plan's choice
+    assert {layer.gradient_plan for layer in convs(default)} == {
+        benchmark.conv_gradients_for(benchmark.strategy_devices())}
     assert benchmark.parse_args(["--native_conv_gradient"]).conv_input_gradient == "native"
     matmul = build(conv_filter_gradient="matmul")
     assert all(layer.matmul_filter_gradient is True for layer in convs(matmul))
     assert all(layer.matmul_filter_gradient is None for layer in convs(default))
     assert benchmark.parse_args([]).conv_input_gradient == "auto"
+
+
+def test_device_line_names_the_gpu_or_the_cpu(monkeypatch):
+    from simclr_tf import precision
+
+    gpu = precision.Devices("GPU", ("NVIDIA H100 80GB HBM3",), (9, 0))
+    assert benchmark.device_line(gpu) == "device GPU: NVIDIA H100 80GB HBM3 (compute capability 9.0)"
+    # From TensorFlow's device details under a one-GPU strategy (faked: this machine has none).
+    fake = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        lambda kind=None: [tf.config.LogicalDevice("/device:GPU:0", "GPU")])
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [fake])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"device_name": "Tesla V100-SXM2-16GB", "compute_capability": (7, 0)})
+    assert benchmark.device_line() == "device GPU: Tesla V100-SXM2-16GB (compute capability 7.0)"
+    monkeypatch.undo()
+    if not tf.config.list_physical_devices("GPU"):
+        assert benchmark.device_line() == f"device CPU: {precision.cpu_model()}"
+        assert precision.cpu_model() != "unknown CPU"
 
 
 def test_clear_session_keeps_the_precision():

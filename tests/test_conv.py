@@ -7,15 +7,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf import precision
+from simclr_tf.models import conv
 from simclr_tf.models.conv import (
     Conv2D,
+    ConvGradients,
     conv2d,
-    default_forward_input_gradient,
+    conv_gradients_for,
     filter_gradient,
     input_gradient,
     resolve_filter_gradient,
     resolve_input_gradient,
+    use_conv_gradients,
 )
+from simclr_tf.precision import Devices
+
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}
 
 
 def _forward(layer: Conv2D) -> Conv2D:
@@ -35,8 +43,8 @@ def _gradients(fn, x, w):
 def _reference(x, w, stride, padding):
     """NumPy's output and gradients (of `sum(y sin y)`) of a convolution, tap by tap, in float64.
 
-    Not TensorFlow's gradient: on AVX-512 CPUs its CPU input gradient corrupts the heap for few
-    channels, as these tests use (see `simclr_tf.models.conv`). Tap (i, j) reads the padded input
+    Independent of TensorFlow's kernels, whose gradients are compared beside ours below. Tap (i, j)
+    reads the padded input
     at every s-th position from (i, j): y = sum_ij x_ij @ w[i, j], dx_ij += dy @ w[i, j]^T,
     dw[i, j] = x_ij^T dy. 'SAME' pads as TensorFlow: ceil(size / s) outputs, the odd pixel after.
     """
@@ -198,35 +206,60 @@ def test_keras_file_round_trip(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6, atol=1e-6)
 
 
-def test_default_path_follows_the_machine():
-    """Forward convolutions on CPU-only machines without AVX-512; TensorFlow's kernel elsewhere."""
-    avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
-    avx512 = avx2 | {"avx512f", "avx512bw", "avx512_bf16"}
-    assert default_forward_input_gradient(avx2, gpus=False)
-    assert not default_forward_input_gradient(avx512, gpus=False)
-    assert not default_forward_input_gradient(avx2, gpus=True)
-    assert not default_forward_input_gradient(None, gpus=False)  # flags unreadable: TensorFlow's own
-    # A new layer takes this machine's default, and forward convolutions for a strided 1x1 always.
+def test_plan_follows_the_strategys_devices():
+    """CPU workarounds on CPUs only: GPUs and TPUs get TensorFlow's kernels for every convolution."""
+    avx2 = conv_gradients_for(Devices("CPU", ("AVX2 CPU",), cpu_flags=AVX2))
+    avx512 = conv_gradients_for(Devices("CPU", ("AVX-512 CPU",), cpu_flags=AVX512))
+    unknown = conv_gradients_for(Devices("CPU", cpu_flags=None))
+    assert (avx2.forward_input, avx2.matmul_small_maps) == (True, True)
+    assert (avx512.forward_input, avx512.matmul_small_maps) == (False, True)
+    assert (unknown.forward_input, unknown.matmul_small_maps) == (False, True)  # TensorFlow's input grad
+    for kind in ("GPU", "TPU"):
+        # A TPU VM's host CPU may lack AVX-512: the replicas' devices decide, not the host.
+        plan = conv_gradients_for(Devices(kind, cpu_flags=AVX2))
+        assert (plan.device, plan.custom) == (kind, False)
+        assert plan.describe() == f"TensorFlow's own kernels ({kind} strategy)"
+    assert avx2.describe().startswith("input gradients by forward convolutions, bfloat16 kernel gradients")
+    assert "CPU without AVX-512" in avx2.describe()
+
+
+def test_paths_per_layer_under_a_plan():
     x = tf.zeros([1, 8, 8, 32])
-    assert Conv2D(2, 3).forward_input_gradient is None
-    assert Conv2D(2, 3)._gradient_paths(x)[0] is default_forward_input_gradient()
-    assert Conv2D(2, 3, strides=2)._gradient_paths(x)[0] is default_forward_input_gradient()
-    assert Conv2D(2, 1, strides=2)._gradient_paths(x)[0]
-    assert Conv2D(2, 1)._gradient_paths(x)[0] is default_forward_input_gradient()
-    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 8, 8, 24]))[0]  # channels not a multiple of 16
+
+    def paths(layer, inputs, plan):
+        layer.gradient_plan = plan
+        return layer._gradient_paths(inputs)
+
+    avx2 = conv_gradients_for(Devices("CPU", cpu_flags=AVX2))
+    avx512 = conv_gradients_for(Devices("CPU", cpu_flags=AVX512))
+    gpu = conv_gradients_for(Devices("GPU"))
+    # No plan (a layer built by hand, or loaded): TensorFlow's kernels.
+    assert Conv2D(2, 3).gradient_plan is None
+    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32], tf.bfloat16)) == (False, False)
+    assert paths(Conv2D(2, 3), x, avx2)[0] and paths(Conv2D(2, 3, strides=2), x, avx2)[0]
+    assert paths(Conv2D(2, 1, strides=2), x, avx2)[0]
+    assert not paths(Conv2D(2, 3), x, avx512)[0]
+    # The strided 1x1 and few-channel rules are gone (the heap corruption did not reproduce).
+    assert paths(Conv2D(2, 1, strides=2), tf.zeros([1, 16, 16, 8]), avx512) == (False, False)
+    assert paths(Conv2D(2, 3), tf.zeros([1, 8, 8, 24]), avx512) == (False, False)
     # The kernel gradient by matrix products for kernels above 1x1 on maps of 4x4 at most (bfloat16).
-    assert Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32], tf.bfloat16))[1]
-    assert Conv2D(2, 3, strides=2)._gradient_paths(tf.zeros([1, 8, 8, 32], tf.bfloat16))[1]  # 8x8 -> 4x4
-    assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 4, 4, 32]))[1]  # float32: TensorFlow's
-    assert not Conv2D(2, 3, padding="same")._gradient_paths(tf.zeros([1, 5, 4, 32]))[1]  # 20 positions
-    assert not Conv2D(2, 1)._gradient_paths(tf.zeros([1, 2, 2, 32]))[1]
-    assert not Conv2D(2, 1, strides=2)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]  # 32 channels
-    assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 16, 16, 32]))[1]
-    assert not Conv2D(2, 3)._gradient_paths(tf.zeros([1, 16, 16, 3]))[1]  # a stem: TensorFlow's
-    assert Conv2D(2, 1, strides=2)._gradient_paths(tf.zeros([1, 16, 16, 8]))[1]  # strided 1x1, 8 channels
+    small = tf.zeros([1, 4, 4, 32], tf.bfloat16)
+    assert paths(Conv2D(2, 3), small, avx512)[1]
+    assert paths(Conv2D(2, 3, strides=2), tf.zeros([1, 8, 8, 32], tf.bfloat16), avx512)[1]  # 8x8 -> 4x4
+    assert not paths(Conv2D(2, 3), tf.zeros([1, 4, 4, 32]), avx512)[1]  # float32: TensorFlow's
+    assert not paths(Conv2D(2, 3, padding="same"), tf.zeros([1, 5, 4, 32], tf.bfloat16), avx512)[1]
+    assert not paths(Conv2D(2, 1), tf.zeros([1, 2, 2, 32], tf.bfloat16), avx512)[1]
+    assert not paths(Conv2D(2, 3), tf.zeros([1, 16, 16, 32], tf.bfloat16), avx512)[1]
+    # A GPU plan: nothing of ours, whatever the shape and dtype.
+    assert paths(Conv2D(2, 3), small, gpu) == (False, False)
+    assert paths(Conv2D(2, 1, strides=2), tf.zeros([1, 16, 16, 4]), gpu) == (False, False)
+    # The experiments' overrides win over the plan.
+    forced = Conv2D(2, 3)
+    forced.forward_input_gradient = forced.matmul_filter_gradient = True
+    assert paths(forced, small, gpu) == (True, True)
     native = Conv2D(2, 3)
     native.forward_input_gradient = native.matmul_filter_gradient = False
-    assert native._gradient_paths(tf.zeros([1, 2, 2, 2])) == (False, False)  # the parent's convolution
+    assert paths(native, small, avx2) == (False, False)  # the parent's convolution
     assert [resolve_input_gradient(c) for c in ("auto", "forward", "native")] == [None, True, False]
     assert [resolve_filter_gradient(c) for c in ("auto", "matmul", "native")] == [None, True, False]
     with pytest.raises(ValueError, match="kernel gradient"):
@@ -235,15 +268,68 @@ def test_default_path_follows_the_machine():
         resolve_input_gradient("fast")
 
 
+def _count_custom_gradients(monkeypatch):
+    """How often `conv.conv2d` (the custom-gradient convolution) is called, in a one-item list."""
+    calls = [0]
+    original = conv.conv2d
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(conv, "conv2d", counting)
+    return calls
+
+
+@pytest.mark.parametrize("devices, expect_custom", [
+    (Devices("GPU", ("NVIDIA A100-SXM4-40GB",), (8, 0), AVX2), False),
+    (Devices("GPU", ("Tesla V100-SXM2-16GB",), (7, 0), AVX2), False),
+    (Devices("TPU", ("TPU",), cpu_flags=AVX2), False),  # a TPU VM whose host lacks AVX-512
+    (Devices("CPU", ("AVX2 CPU",), cpu_flags=AVX2), True),
+])
+def test_no_custom_gradient_is_traced_on_gpus_and_tpus(monkeypatch, devices, expect_custom):
+    """The train step of a SimCLR model built under a faked strategy description."""
+    from simclr_tf.config import Config, ModelConfig
+    from simclr_tf.models.build import build_model
+    from simclr_tf.optimizers import build_optimizer
+
+    monkeypatch.setattr(precision, "strategy_devices", lambda strategy=None: devices)
+    calls = _count_custom_gradients(monkeypatch)
+    keras.utils.set_random_seed(0)
+    config = Config(model=ModelConfig(resnet_depth=18, cifar_stem=True, num_proj_layers=1, proj_out_dim=8))
+    model = build_model(config.resolved(), 2, image_size=16)
+    plans = {layer.gradient_plan for layer in model._flatten_layers() if isinstance(layer, Conv2D)}
+    assert plans == {conv_gradients_for(devices)}
+    model.compile(optimizer=build_optimizer("momentum", 0.1, weight_decay=0.0))
+    views = tf.TensorSpec([2, 16, 16, 3], tf.float32)
+    tf.function(model.train_step).get_concrete_function(((views, views), tf.TensorSpec([2], tf.int32)))
+    if expect_custom:
+        assert calls[0] >= 1  # the counter sees the custom path where it is taken
+    else:
+        assert calls[0] == 0
+
+
+def test_use_conv_gradients_reaches_nested_convolutions():
+    from simclr_tf.models.layers import SelectiveKernelConv2D
+
+    inputs = keras.Input((8, 8, 16))
+    model = keras.Model(inputs, SelectiveKernelConv2D(16, name="sk")(Conv2D(16, 1, name="c")(inputs)))
+    plan = ConvGradients("CPU", True, True, "test")
+    assert use_conv_gradients(model, plan) == 2  # `c` and the selective kernel's `conv`
+    assert model.get_layer("sk").conv.gradient_plan is plan
+    assert use_conv_gradients(model, None) == 2 and model.get_layer("c").gradient_plan is None
+
+
 def test_export_traces_tensorflow_gradients_and_restores_the_choice():
     """The export traces every `Conv2D` as Keras' (a SavedModel stores no Python gradient)."""
     from simclr_tf.export import _traceable_for_export
 
     inputs = keras.Input((8, 8, 3))
-    stem = Conv2D(16, 3, padding="same")  # 3 channels: the forward-convolution path by default
-    shortcut = Conv2D(32, 1, strides=2)  # strided 1x1: both paths of this module by default
+    stem = Conv2D(16, 3, padding="same")
+    shortcut = Conv2D(32, 1, strides=2)
     shortcut.matmul_filter_gradient = True
     model = keras.Model(inputs, shortcut(stem(inputs)))
+    use_conv_gradients(model, conv_gradients_for(Devices("CPU", cpu_flags=AVX2)))  # forward input grads
     x = tf.zeros([1, 8, 8, 3])
     assert stem._gradient_paths(x)[0] and shortcut._gradient_paths(tf.zeros([1, 8, 8, 16])) == (True, True)
     with _traceable_for_export([model]):

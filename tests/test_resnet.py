@@ -639,6 +639,8 @@ def test_mixed_precision():
         ((True,), {}, "`resnet_depth` must be one of .*Received: resnet_depth=True"),
         ((18,), {"batch_norm_decay": 1.0},
          r"`batch_norm_decay` must be a number in \(0, 1\).*batch_norm_decay=1.0"),
+        ((18,), {"conv_gradients": "cpu"},
+         r"`conv_gradients` must be 'auto', a .*ConvGradients` or None .*conv_gradients='cpu'"),
     ],
 )
 def test_build_resnet_rejects_bad_args(args, kwargs, match):

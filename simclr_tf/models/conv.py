@@ -1,7 +1,8 @@
 """2-D convolution whose gradients avoid TensorFlow's slow (and, on one CPU, unsafe) CPU kernels.
 
 The input gradient can run as forward convolutions (`input_gradient`), the kernel gradient as
-matrix products (`filter_gradient`); `Conv2D` picks per layer, by machine, shape and precision.
+matrix products (`filter_gradient`); `Conv2D` picks per layer, by the run's plan (`ConvGradients`,
+decided once from the strategy's devices), shape and precision.
 
 TensorFlow's CPU kernel for the gradient of a convolution with respect to its input,
 `Conv2DBackpropInput`, is slow where the feature maps are small and the channels many: on a
@@ -28,16 +29,26 @@ This path pays only on CPUs without AVX-512. On a 2-core AVX-512 CPU (AMD EPYC w
 as fast as the forward path for stride 1 (the 512-channel 3x3 at 2x2: 22.9 ms against 23.8) and
 1.5-2x faster for the strided ones (from 4x4 to 2x2: 16.3 ms against 28.1; in bfloat16 12.3 against
 25.1), and the quickstart's step runs at 167 images/s with it against 128 with the forward path
-(bfloat16; float32 114 against 98). So the path is taken where `default_forward_input_gradient()`
-says: on a CPU-only machine whose CPU lacks `avx512f` (e.g. AVX2 only). Two exceptions take it on
-every machine. A strided 1x1 convolution (ResNet's projection shortcut): its input gradient is one
-1x1 convolution scattered to every s-th position, as fast as TensorFlow's (3.3 ms either way for
-the quickstart's largest). And inputs whose channels are not a multiple of 16: on that AVX-512
-machine TensorFlow 2.21's CPU input gradient corrupts the heap for few channels (a 1x1 stride-2
-convolution of a 16x16 input with 4 or 8 channels aborts the process with "free(): invalid size";
-strided 3x3 ones with 4 channels crashed later, unrelated ops; with 16 or more channels it ran).
-Its kernel gradient `Conv2DBackpropFilter` has the same fault for the strided 1x1 with 4 channels,
-so those kernel gradients are matrix products (`filter_gradient`), as for small maps (below).
+(bfloat16; float32 114 against 98). So the path is taken on CPUs that lack `avx512f` (e.g. AVX2
+only).
+
+These are CPU workarounds, measured on CPUs only. The decision is made once, when the encoder is
+built, from the devices of the strategy it is built under (`conv_gradients_for`, DESIGN.md): a GPU
+or TPU strategy gets TensorFlow's own kernels (cuDNN's, XLA's) for every convolution, and no
+custom gradient is traced; a CPU strategy gets the forward input gradient where the CPU lacks
+AVX-512 and the kernel gradient by products for small bfloat16 maps (below). The run prints and
+records the choice (`ConvGradients.describe`). A layer built outside a builder (or loaded from a
+`.keras` file) has no plan and runs TensorFlow's kernels.
+
+An earlier version also took these paths on every machine, GPUs and TPUs included, for strided 1x1
+convolutions and inputs whose channels are not a multiple of 16, citing heap corruption ("free():
+invalid size") by TensorFlow 2.21's strided CPU gradients with 4 or 8 channels on an AVX-512 CPU.
+That did not reproduce: `experiments/repro_conv_heap.py` (TensorFlow's gradients alone, 1x1 stride
+2 with 4 and 8 channels, 3x3 stride 2 with 3 and 4 channels, batches 8 and 256, float32 and
+bfloat16, VALID and SAME, 20 iterations each, glibc heap checking on) ran every case cleanly on a
+2-core Sapphire Rapids (AVX-512, AVX512_BF16, AMX), so that rule is gone: strided 1x1 and
+few-channel convolutions take TensorFlow's gradients on CPUs with AVX-512 too (on that machine its
+strided 1x1 input gradient was as fast as the forward path, 3.3 ms either way).
 
 `Conv2D` is a drop-in subclass of `keras.layers.Conv2D` (same arguments, variables, checkpoints and
 saved config) that takes these paths for what the ResNet uses: 2-D, channels-last, no dilation or
@@ -48,12 +59,12 @@ float64 NumPy reference up to float32 rounding (`tests/test_conv.py`).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 
 import keras
 import tensorflow as tf
 
-from simclr_tf.precision import cpu_flags
+from simclr_tf.precision import Devices
 
 # A strided convolution takes the forward path only where its output map has at most this many
 # positions (4x4): measured on a 2-core AVX2 CPU, batch 128, TensorFlow's input gradient is faster
@@ -73,38 +84,80 @@ STRIDED_MAX_OUTPUT = 16
 # (106-108 against 114-115, idle), so float32 keeps TensorFlow's kernel there.
 SMALL_MAP_POSITIONS = 16
 
-# `Conv2D.forward_input_gradient` choices: `auto` (None: the machine's default, see `Conv2D`),
+# `Conv2D.forward_input_gradient` choices: `auto` (None: the run's plan, see `Conv2D`),
 # `forward` (True), `native` (False).
 INPUT_GRADIENTS = ("auto", "forward", "native")
 # `Conv2D.matmul_filter_gradient` choices: `auto` (None), `matmul` (True), `native` (False).
 FILTER_GRADIENTS = ("auto", "matmul", "native")
 
-_READ = object()  # not given: ask the machine
+@dataclasses.dataclass(frozen=True)
+class ConvGradients:
+    """The gradient computations a run's `Conv2D` layers take: decided once, from its devices.
 
-
-def default_forward_input_gradient(flags=_READ, gpus=None) -> bool:
-    """Whether `Conv2D` computes its input gradient by forward convolutions on this machine.
-
-    True on a machine without a visible GPU whose CPU lacks AVX-512 (`avx512f`), where TensorFlow's
-    `Conv2DBackpropInput` is slow on small maps; False with AVX-512 (TensorFlow's kernel is as fast or
-    faster there, see the module docstring), with a GPU, or where the CPU's flags cannot be read.
-
-    Args:
-        flags: the CPU's flags (default: read from the machine, once); None means unknown.
-        gpus: whether a GPU is visible (default: asked of TensorFlow).
+    Attributes:
+        device: the kind of device the plan is for: `"CPU"`, `"GPU"` or `"TPU"`.
+        forward_input: the input gradient by forward convolutions (`input_gradient`) wherever it
+            applies (a CPU without AVX-512).
+        matmul_small_maps: the kernel gradient by matrix products (`filter_gradient`) in bfloat16
+            for kernels larger than 1x1 whose output map has at most `SMALL_MAP_POSITIONS`
+            positions (a CPU).
+        reason: why, for people.
     """
-    if flags is _READ and gpus is None:
-        return _machine_forward_input_gradient()
-    if gpus is None:
-        gpus = bool(tf.config.list_physical_devices("GPU"))
-    if flags is _READ:
-        flags = cpu_flags()
-    return not gpus and flags is not None and "avx512f" not in flags
+
+    device: str
+    forward_input: bool = False
+    matmul_small_maps: bool = False
+    reason: str = ""
+
+    @property
+    def custom(self) -> bool:
+        """Whether any convolution may take a gradient of this module (else TensorFlow's own)."""
+        return self.forward_input or self.matmul_small_maps
+
+    def describe(self) -> str:
+        """One line for people and for result.json."""
+        if not self.custom:
+            return f"TensorFlow's own kernels ({self.reason})"
+        paths = []
+        if self.forward_input:
+            paths.append("input gradients by forward convolutions")
+        if self.matmul_small_maps:
+            paths.append("bfloat16 kernel gradients of maps up to 4x4 by matrix products")
+        return f"{', '.join(paths)}; TensorFlow's elsewhere ({self.reason})"
 
 
-@functools.lru_cache(maxsize=1)
-def _machine_forward_input_gradient() -> bool:
-    return default_forward_input_gradient(cpu_flags(), bool(tf.config.list_physical_devices("GPU")))
+def conv_gradients_for(devices: Devices) -> ConvGradients:
+    """The convolution gradients for a strategy's devices (`simclr_tf.precision.strategy_devices`).
+
+    GPUs and TPUs: TensorFlow's kernels for every convolution (the workarounds were measured on
+    CPUs only). CPUs: the forward input gradient where the CPU lacks AVX-512 (known flags without
+    `avx512f`), and the kernel gradient by products for small bfloat16 maps.
+
+    Example:
+        ```python
+        plan = conv_gradients_for(strategy_devices(strategy))
+        print(f"Convolution gradients: {plan.describe()}")
+        ```
+    """
+    if devices.kind != "CPU":
+        return ConvGradients(devices.kind, reason=f"{devices.kind} strategy")
+    flags = devices.cpu_flags
+    if flags is None:
+        return ConvGradients("CPU", False, True, "CPU whose flags cannot be read")
+    if "avx512f" in flags:
+        return ConvGradients("CPU", False, True, "CPU with AVX-512")
+    return ConvGradients("CPU", True, True, "CPU without AVX-512")
+
+
+def use_conv_gradients(model, plan: ConvGradients | None) -> int:
+    """Gives every `Conv2D` in `model` (nested layers included) the plan; returns how many.
+
+    None takes TensorFlow's kernels everywhere (as a layer without a plan does).
+    """
+    convs = [layer for layer in model._flatten_layers() if isinstance(layer, Conv2D)]
+    for layer in convs:
+        layer.gradient_plan = plan
+    return len(convs)
 
 
 def resolve_input_gradient(choice: str) -> bool | None:
@@ -261,17 +314,18 @@ class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` with the faster gradient computations of this module where they pay.
 
     Attributes:
-        forward_input_gradient: the input gradient by forward convolutions (`input_gradient`).
-            True: wherever it applies (stride 1, a 1x1 kernel, or a strided output of at most
-            `STRIDED_MAX_OUTPUT` positions); False: TensorFlow's; None (default): as True where
-            `default_forward_input_gradient()` says (CPUs without AVX-512), and on every machine for
-            strided 1x1 kernels and for inputs whose channels are not a multiple of 16.
-        matmul_filter_gradient: the kernel gradient by matrix products (`filter_gradient`).
-            True: always; False: TensorFlow's; None (default): in bfloat16 for kernels larger than
-            1x1 whose output map has at most `SMALL_MAP_POSITIONS` positions; in any precision for
-            strided 1x1 kernels whose input channels are not a multiple of 16 (see the module
-            docstring; a 3-channel stem keeps TensorFlow's, by products ResNet-50 at 224 px ran
-            2.50 images/s against 3.22).
+        gradient_plan: the run's `ConvGradients`, set when the encoder is built
+            (`use_conv_gradients`), from the strategy's devices; None (default): TensorFlow's
+            kernels, the parent's convolution.
+        forward_input_gradient: an override for experiments (`experiments/benchmark.py`): the
+            input gradient by forward convolutions (`input_gradient`). True: wherever it applies
+            (stride 1, a 1x1 kernel, or a strided output of at most `STRIDED_MAX_OUTPUT`
+            positions); False: TensorFlow's; None (default): as the plan says.
+        matmul_filter_gradient: an override: the kernel gradient by matrix products
+            (`filter_gradient`). True: always; False: TensorFlow's; None (default): as the plan says
+            (on CPUs, in bfloat16 for kernels larger than 1x1 whose output map has at most
+            `SMALL_MAP_POSITIONS` positions; a 3-channel stem keeps TensorFlow's, by products
+            ResNet-50 at 224 px ran 2.50 images/s against 3.22).
         Both False give the parent's convolution (the export traces with it: a SavedModel stores
         no Python gradient function).
 
@@ -281,6 +335,7 @@ class Conv2D(keras.layers.Conv2D):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.gradient_plan: ConvGradients | None = None
         self.forward_input_gradient: bool | None = None
         self.matmul_filter_gradient: bool | None = None
 
@@ -296,15 +351,15 @@ class Conv2D(keras.layers.Conv2D):
         pointwise = tuple(self.kernel_size) == (1, 1)
         strided = tuple(self.strides) != (1, 1)
         positions = self._output_positions(inputs)
-        few_channels = int(inputs.shape[-1]) % 16 != 0  # TensorFlow's strided gradients unsafe
+        plan = self.gradient_plan
         forward = self.forward_input_gradient
         if forward is None:
-            forward = default_forward_input_gradient() or (pointwise and strided) or few_channels
+            forward = plan is not None and plan.forward_input
         forward = forward and (not strided or pointwise or positions <= STRIDED_MAX_OUTPUT)
         matmul = self.matmul_filter_gradient
         if matmul is None:
             small = not pointwise and positions <= SMALL_MAP_POSITIONS
-            matmul = (small and inputs.dtype == tf.bfloat16) or (pointwise and strided and few_channels)
+            matmul = plan is not None and plan.matmul_small_maps and small and inputs.dtype == tf.bfloat16
         return bool(forward), bool(matmul)
 
     def _output_positions(self, inputs) -> int:

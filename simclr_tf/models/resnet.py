@@ -48,11 +48,13 @@ References:
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
+from simclr_tf import precision
 from simclr_tf.config import RESNET_DEPTHS
 from simclr_tf.models.batch_norm import BATCH_NORM_EPSILON, check_batch_norm_decay, make_batch_norm
-from simclr_tf.models.conv import Conv2D
+from simclr_tf.models.conv import Conv2D, ConvGradients, conv_gradients_for, use_conv_gradients
 from simclr_tf.models.layers import (
     SelectiveKernelConv2D,
     SqueezeExcitation,
@@ -229,6 +231,7 @@ def build_resnet(
     batch_norm_decay=0.9,
     global_bn=False,
     fused_batch_norm=True,
+    conv_gradients="auto",
     name="resnet",
 ):
     """Builds a SimCLR ResNet encoder as a functional `keras.Model` with named features.
@@ -253,6 +256,11 @@ def build_resnet(
             `keras.layers.BatchNormalization` (a composite of element-wise ops) with the same
             config if False. Layer and variable names, and so checkpoints, are the same either
             way. Defaults to `True`.
+        conv_gradients: `"auto"`, a `simclr_tf.models.conv.ConvGradients`, or None. How the
+            convolutions' gradients are computed: `"auto"` decides from the devices of the
+            strategy the encoder is built under (TensorFlow's own kernels on GPUs and TPUs, the
+            CPU workarounds of `simclr_tf.models.conv` on CPUs); None: TensorFlow's everywhere.
+            Not saved with the model. Defaults to `"auto"`.
         name: str. Model name. Defaults to `"resnet"`.
 
     Returns:
@@ -285,6 +293,10 @@ def build_resnet(
     for arg_name, value in (("sk_ratio", sk_ratio), ("se_ratio", se_ratio)):
         check_number(arg_name, value, low=0, high=1, high_inclusive=False, hint="0 disables it.")
     check_batch_norm_decay(batch_norm_decay)
+    if conv_gradients is not None and not isinstance(conv_gradients, ConvGradients) \
+            and not (isinstance(conv_gradients, str) and conv_gradients == "auto"):
+        raise ValueError("`conv_gradients` must be 'auto', a `simclr_tf.models.conv.ConvGradients` or "
+                         f"None (TensorFlow's kernels). Received: conv_gradients={conv_gradients!r}.")
 
     block_type, blocks_per_group = RESNET_BLOCKS[resnet_depth]
     builder = _Builder(sk_ratio, se_ratio, batch_norm_decay, global_bn, fused_batch_norm)
@@ -321,7 +333,12 @@ def build_resnet(
         outputs[f"block_group{group}"] = x
 
     outputs["final_avg_pool"] = layers.GlobalAveragePooling2D(name="final_avg_pool")(x)
-    return keras.Model(images, outputs, name=name)
+    model = keras.Model(images, outputs, name=name)
+    if conv_gradients == "auto":
+        # Built inside the strategy's scope: its devices decide, once (DESIGN.md).
+        conv_gradients = conv_gradients_for(precision.strategy_devices(tf.distribute.get_strategy()))
+    use_conv_gradients(model, conv_gradients)
+    return model
 
 
 def freeze_up_to_block(encoder, fine_tune_after_block):
