@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from simclr_tf.config import AugmentConfig
 from simclr_tf.data import pipeline
-from simclr_tf.data.sources import Source, from_arrays, load_source
+from simclr_tf.data.sources import Source, from_arrays, load_source, permuted_source
 
 SIZE = 32
 TRAIN_KWARGS = dict(image_size=SIZE)  # the default AugmentConfig: strength 0.5, no blur at 32 px
@@ -88,9 +88,18 @@ def test_train_epoch_is_a_permutation_too():
 
 def test_class_sorted_sources_are_mixed_even_without_a_shuffle_buffer():
     source = indexed_source(24, classes=3)  # labels 0 x 8, 1 x 8, 2 x 8, sorted like an image folder
-    dataset = pipeline.build_finetune_dataset(source, global_batch_size=8, image_size=SIZE, shuffle_buffer=1)
-    first_labels = take(dataset, 1)[0][1]
-    assert len(set(first_labels.tolist())) > 1
+    dataset = pipeline.build_finetune_dataset(source, global_batch_size=8, image_size=SIZE, shuffle_buffer=1,
+                                              seed=4)
+    epoch = take(dataset, 3)
+    indices = np.concatenate([image_index(tf.constant(images)) for images, _ in epoch])
+    labels = np.concatenate([batch_labels for _, batch_labels in epoch])
+    # A buffer of one shuffles nothing: the epoch is the source's seeded permutation, which is the
+    # same for any 24 examples (here read off a source labelled by index), and each label its image's.
+    order = permuted_source(indexed_source(24), 4).labels
+    np.testing.assert_array_equal(indices, order)
+    np.testing.assert_array_equal(np.sort(indices), np.arange(24))
+    np.testing.assert_array_equal(labels, indices * 3 // 24)
+    assert sorted(set(labels[:8].tolist())) == [0, 1, 2]  # the first batch holds every class
 
 
 # --- augmentation settings -------------------------------------------------------------------------
