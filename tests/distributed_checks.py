@@ -29,6 +29,7 @@ Checks (results keyed by replica count, or by "<replicas>/<bn mode>"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -89,14 +90,19 @@ def _max_abs(a, b):
 # --- nt_xent ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
 def _cut_the_gather():
-    """Makes every replica context's all_gather block gradients (the negative control)."""
+    """Within it, every replica context's all_gather blocks gradients (the negative control)."""
     original = tf.distribute.ReplicaContext.all_gather
 
     def all_gather_without_gradient(self, value, axis, options=None):
         return tf.nest.map_structure(tf.stop_gradient, original(self, value, axis, options))
 
     tf.distribute.ReplicaContext.all_gather = all_gather_without_gradient
+    try:
+        yield
+    finally:  # the checks run after this one in the same process gather with gradients again
+        tf.distribute.ReplicaContext.all_gather = original
 
 
 def check_nt_xent(args):
@@ -164,11 +170,11 @@ def check_nt_xent(args):
             "positives": [v.tolist() for v in _local(strategy, positives)],
         }
     # The negative control: the same measurements with the gradient cut at the all-gather.
-    _cut_the_gather()
-    for replicas, (strategy, x_1, x_2, w, loss_single, grad_single) in cases.items():
-        loss_mean, grad_sum, _, _, _ = distributed(strategy, x_1, x_2, w)
-        results[str(replicas)]["cut_gather_loss_diff"] = abs(float(loss_mean) - float(loss_single))
-        results[str(replicas)]["cut_gather_grad_diff"] = _max_abs(grad_sum, grad_single)
+    with _cut_the_gather():
+        for replicas, (strategy, x_1, x_2, w, loss_single, grad_single) in cases.items():
+            loss_mean, grad_sum, _, _, _ = distributed(strategy, x_1, x_2, w)
+            results[str(replicas)]["cut_gather_loss_diff"] = abs(float(loss_mean) - float(loss_single))
+            results[str(replicas)]["cut_gather_grad_diff"] = _max_abs(grad_sum, grad_single)
     return results
 
 
