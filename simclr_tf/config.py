@@ -80,6 +80,8 @@ VIEW_POLICIES = {"default": "crop,flip,color,blur", "identity": ""}
 CONTRASTIVE_LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# `--jit_compile`: a flag's text, or the bool a run resolved `auto` to (in its config.json).
+JIT_COMPILES = ("auto", "true", "false", True, False)
 LINEAR_EVAL_PROTOCOLS = ("auto", "logistic", "sgd")
 
 
@@ -448,10 +450,13 @@ class TrainConfig:
             "from random weights" on purpose: `train_mode=finetune` needs a checkpoint or that
             (a supervised baseline trained from scratch on the labels only).
         seed: seed for weights, augmentations and data order.
-        jit_compile: compile the train step with XLA.
-        precision: `auto` (`mixed_bfloat16` where the hardware computes bfloat16 natively: a TPU,
-            or a CPU with AVX512_BF16 or AMX; else `float32`; see `simclr_tf.precision`; a run
-            stores what it chose in config.json), `float32`, `mixed_bfloat16` or `mixed_float16`.
+        jit_compile: compile the train step with XLA: `auto` (on for GPU and TPU strategies, off
+            on CPUs, where XLA was slower; a run stores what it chose in config.json), `true` or
+            `false`.
+        precision: `auto` (`mixed_bfloat16` on a TPU, a GPU of compute capability 8.0 or later,
+            or a CPU with AVX512_BF16 or AMX; `mixed_float16` with loss scaling on older GPUs;
+            else `float32`; see `simclr_tf.precision`; a run stores what it chose in
+            config.json), `float32`, `mixed_bfloat16` or `mixed_float16`.
         steps_per_execution: train steps run per call into TensorFlow.
         knn_every_epochs: run the kNN monitor every this many epochs (0 disables).
         linear_eval_epochs: after pretraining, train a linear head on the frozen encoder for
@@ -502,7 +507,7 @@ class TrainConfig:
     model_dir: str = "runs/digits_quickstart"
     checkpoint: str | None = None
     seed: int = 0
-    jit_compile: bool = False
+    jit_compile: str | bool = "auto"
     precision: str = "auto"
     steps_per_execution: int = 1
     knn_every_epochs: int = 0
@@ -588,6 +593,7 @@ class TrainConfig:
             f"{self.train_steps}.",
         )
         _one_of("precision", self.precision, PRECISIONS)
+        _one_of("jit_compile", self.jit_compile, JIT_COMPILES)
         _one_of("linear_eval_protocol", self.linear_eval_protocol, LINEAR_EVAL_PROTOCOLS)
         _check(
             isinstance(self.linear_eval_batch_size, int) and self.linear_eval_batch_size > 0,

@@ -191,9 +191,10 @@ def resolve_jit_compile(jit_compile, strategy=None, *, devices: Devices | None =
     """Whether the train step compiles with XLA, and why.
 
     Args:
-        jit_compile: True, False, or `"auto"`: on for GPU and TPU strategies (where XLA fuses the
-            step's element-wise ops; a TPU compiles every step anyway), off on CPUs (there XLA
-            made every model 1.9-3.3x slower: README, `experiments/benchmark.py`).
+        jit_compile: True, False (or `"true"`, `"false"`), or `"auto"`: on for GPU and TPU
+            strategies (where XLA fuses the step's element-wise ops; a TPU compiles every step
+            anyway), off on CPUs (there XLA made every model 1.9-3.3x slower: README,
+            `experiments/benchmark.py`).
         strategy: the run's `tf.distribute.Strategy` (default: the current one).
         devices: what the replicas run on (default: `strategy_devices(strategy)`).
 
@@ -201,7 +202,8 @@ def resolve_jit_compile(jit_compile, strategy=None, *, devices: Devices | None =
         `(jit_compile, reason)`.
     """
     if jit_compile != "auto":
-        return bool(jit_compile), "set by --jit_compile"
+        on = jit_compile if isinstance(jit_compile, bool) else str(jit_compile).lower() == "true"
+        return on, "set by --jit_compile"
     devices = devices or strategy_devices(strategy)
     if devices.kind in ("GPU", "TPU"):
         return True, f"auto: XLA on a {devices.kind}"

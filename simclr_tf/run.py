@@ -133,7 +133,8 @@ _FLAG_SPECS = [
      "Checkpoint (prefix or model_dir) to initialise from, e.g. for fine-tuning; `none` fine-tunes "
      "from random weights on purpose (a baseline trained from scratch on the labels only)."),
     ("seed", "train", "seed", int, "Seed for weights, augmentation and data order."),
-    ("jit_compile", "train", "jit_compile", bool, "Compile the train step with XLA."),
+    ("jit_compile", "train", "jit_compile", str,
+     "Compile the train step with XLA: auto (on for GPU and TPU strategies, off on CPUs), true or false."),
     ("precision", "train", "precision", str,
      "auto (mixed_bfloat16 on a TPU or a CPU with AVX512_BF16/AMX, else float32), float32, "
      "mixed_bfloat16 or mixed_float16."),

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import precision
-from simclr_tf.config import Config, DataConfig, TrainConfig
+from simclr_tf.config import Config, DataConfig, OptimizerConfig, TrainConfig
 from simclr_tf.precision import (
     Devices,
     cpu_flags,
@@ -141,10 +141,11 @@ def test_auto_matches_this_machine():
     assert resolve_precision("auto")[0] == expected
 
 
-def test_auto_is_the_default_and_a_run_stores_its_choice(tmp_path, capsys):
+def test_auto_is_the_default_and_a_run_stores_its_choice(tmp_path, caplog):
+    from simclr_tf.models.conv import conv_gradients_for
     from simclr_tf.training import train
 
-    assert Config().train.precision == "auto"
+    assert Config().train.precision == "auto" and Config().train.jit_compile == "auto"
     model_dir = str(tmp_path / "run")
     config = dataclasses.replace(
         Config(),
@@ -152,9 +153,31 @@ def test_auto_is_the_default_and_a_run_stores_its_choice(tmp_path, capsys):
         train=dataclasses.replace(TrainConfig(), model_dir=model_dir, train_batch_size=16,
                                   eval_batch_size=32, train_steps=1, linear_eval_epochs=0,
                                   lineareval_while_pretraining=False),
+        optimizer=dataclasses.replace(OptimizerConfig(), warmup_epochs=0),
     )
-    results = train(config)
+    with caplog.at_level("INFO", logger="simclr_tf"):
+        results = train(config)
     chosen, reason = resolve_precision("auto")
     stored = json.load(open(os.path.join(model_dir, "config.json")))
     assert stored["train"]["precision"] == chosen == results["config"]["train"]["precision"]
-    assert f"Precision: {chosen} ({reason})." in capsys.readouterr().out
+    assert stored["train"]["jit_compile"] is False  # auto on this CPU: off
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    plan = conv_gradients_for(strategy_devices()).describe()
+    assert result["hardware"] == {"devices": f"CPU: {precision.cpu_model()}",
+                                  "precision": f"{chosen} ({reason})",
+                                  "jit_compile": "False (auto: off on a CPU)", "conv_gradients": plan}
+    logged = [record.getMessage() for record in caplog.records]
+    for line in (f"Precision: {chosen} ({reason}).", "XLA: False (auto: off on a CPU).",
+                 f"Convolution gradients: {plan}."):
+        assert logged.count(line) == 1, (line, logged)
+
+
+def test_jit_compile_setting_is_checked():
+    from simclr_tf.config import ConfigError
+
+    for value in ("auto", "true", "false", True, False):
+        dataclasses.replace(TrainConfig(), jit_compile=value).validate()
+    with pytest.raises(ConfigError, match=r"`jit_compile` must be one of .*Received: jit_compile='yes'"):
+        dataclasses.replace(TrainConfig(), jit_compile="yes").validate()
+    assert resolve_jit_compile("true", devices=Devices("CPU"))[0] is True
+    assert resolve_jit_compile("false", devices=Devices("TPU"))[0] is False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 
 import keras
@@ -15,7 +16,8 @@ import tensorflow as tf
 from simclr_tf import checkpoints, export
 from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
-from simclr_tf.precision import resolve_precision
+from simclr_tf.models.conv import conv_gradients_for
+from simclr_tf.precision import resolve_jit_compile, resolve_precision, strategy_devices
 from simclr_tf.training import inputs, linear_eval, phases
 from simclr_tf.training.run_dir import (
     check_resumable,
@@ -24,6 +26,8 @@ from simclr_tf.training.run_dir import (
     prepare_model_dir,
     write_result,
 )
+
+log = logging.getLogger(__name__)
 
 
 def train(config: Config, strategy=None) -> dict:
@@ -67,16 +71,27 @@ def _locked(config: Config, strategy) -> dict:
         tf.config.experimental.enable_op_determinism()
     # The dtype policy is global state: set the run's for its models, and give the caller's back
     # (a float32 run after a mixed-precision one in the same process must be float32).
-    # `auto` becomes the policy this hardware runs best; the run prints it and stores it.
-    policy, reason = resolve_precision(train_config.precision, strategy)
-    if policy != train_config.precision:
-        config = dataclasses.replace(config, train=dataclasses.replace(train_config, precision=policy))
+    # The hardware decisions, from the strategy's devices (DESIGN.md): `auto` becomes the policy
+    # and the XLA setting this hardware runs best, stored in config.json; the convolution
+    # gradients the encoder's builder takes in the strategy's scope (`build_resnet`) go to
+    # result.json. The run logs each once; the command line shows the log.
+    devices = strategy_devices(strategy)
+    policy, reason = resolve_precision(train_config.precision, strategy, devices=devices)
+    jit_compile, jit_reason = resolve_jit_compile(train_config.jit_compile, strategy, devices=devices)
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        train_config, precision=policy, jit_compile=jit_compile))
+    hardware = {"devices": devices.describe(), "precision": f"{policy} ({reason})",
+                "jit_compile": f"{jit_compile} ({jit_reason})",
+                "conv_gradients": conv_gradients_for(devices).describe()}
     if is_chief(strategy):
-        print(f"Precision: {policy} ({reason}).", flush=True)
+        log.info("Devices: %s.", hardware["devices"])
+        log.info("Precision: %s.", hardware["precision"])
+        log.info("XLA: %s.", hardware["jit_compile"])
+        log.info("Convolution gradients: %s.", hardware["conv_gradients"])
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _run(config, strategy)
+        return _run(config, strategy, hardware)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -89,7 +104,7 @@ def _accuracy(protocol, split, examples, top1, top5, detail=None) -> dict:
     return entry
 
 
-def _run(config: Config, strategy) -> dict:
+def _run(config: Config, strategy, hardware: dict) -> dict:
     """`train` once the run's global state (seed, determinism, dtype policy) is set."""
     train_config = config.train
     chief = is_chief(strategy)
@@ -99,7 +114,7 @@ def _run(config: Config, strategy) -> dict:
     if chief:
         save_config(config, train_config.model_dir)
 
-    results: dict = {"config": dataclasses.asdict(config)}
+    results: dict = {"config": dataclasses.asdict(config), "hardware": hardware}
     model = None
     if train_config.mode in ("train", "train_then_eval"):
         fitted = phases.fit(config, strategy)
