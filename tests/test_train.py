@@ -37,8 +37,11 @@ def test_cli_writes_the_expected_files_and_resumes(tmp_path):
     assert os.path.exists(os.path.join(model_dir, "saved_model", "4", "saved_model.pb"))
     assert os.path.exists(os.path.join(model_dir, "saved_model", "4", "encoder.keras"))
     result = json.load(open(os.path.join(model_dir, "result.json")))
-    assert result["train_steps"] == 4 and 0.0 <= result["eval_top1"] <= 1.0
-    assert "Linear-eval accuracy" in first.stdout or "top-1" in first.stdout
+    assert result["train_steps"] == 4 and result["eval_protocol"] == "online_linear_head"
+    _assert_counted_accuracy(result, examples=360)  # digits' test split
+    # The summary prints what result.json holds.
+    assert (f"top-1 {result['eval_top1']:.2%}, top-5 {result['eval_top5']:.2%} on digits:test "
+            "(360 held-out images)") in first.stdout
     assert os.path.join(model_dir, "result.json") in first.stdout
 
     # Export again from the checkpoint with the export CLI: same step, heads included.
@@ -78,6 +81,14 @@ def test_cli_rejects_bad_flags_before_any_work(tmp_path):
     assert from_file.returncode != 0 and "no_such_flag" in from_file.stderr
 
 
+def _assert_counted_accuracy(results, *, examples):
+    """Top-1 and top-5 are counts of `examples` evaluated images, and top-1 <= top-5."""
+    assert results["eval_examples"] == examples
+    for key in ("eval_top1", "eval_top5"):
+        assert results[key] * examples == pytest.approx(round(results[key] * examples), abs=1e-3), key
+    assert results["eval_top1"] <= results["eval_top5"]
+
+
 def _tiny_config(model_dir, **train):
     train.setdefault("linear_eval_epochs", 0)
     config = Config()
@@ -103,7 +114,10 @@ def test_eval_mode_reproduces_the_in_memory_accuracy(tmp_path):
 
 def test_mixed_precision_run_leaves_float32_for_the_next(tmp_path):
     results = train(_tiny_config(str(tmp_path / "mixed"), precision="mixed_bfloat16", linear_eval_epochs=0))
-    assert np.isfinite(results["train_loss"]) and 0.0 <= results["eval_top1"] <= 1.0
+    # The loss is the sum of its parts (each a mean over the same steps).
+    np.testing.assert_allclose(results["train_loss"], results["train_contrastive_loss"]
+                               + results["train_supervised_loss"] + results["train_weight_decay"], rtol=1e-5)
+    _assert_counted_accuracy(results, examples=360)
     # Checkpointed variables are float32 (the policy only lowers the computation).
     reader = tf.train.load_checkpoint(results["checkpoint"])
     dtypes = reader.get_variable_to_dtype_map()
@@ -117,7 +131,17 @@ def test_mixed_precision_run_leaves_float32_for_the_next(tmp_path):
 def test_linear_evaluation_after_pretraining(tmp_path):
     config = _tiny_config(str(tmp_path / "run"), linear_eval_epochs=1)
     results = train(config)
-    assert os.path.exists(os.path.join(results["linear_eval_dir"], "result.json"))
+    with open(os.path.join(results["linear_eval_dir"], "result.json")) as f:
+        written = json.load(f)
+    assert written["linear_eval_top1"] == results["linear_eval_top1"]
     assert results["eval_protocol"] == "linear_eval" and results["linear_eval_protocol"] == "logistic"
-    assert "online_eval_top1" in results
-    assert [a["protocol"] for a in results["accuracies"]] == ["online_linear_head", "linear_eval"]
+    # Fitted on every labelled training image (no label subset asked for), scored on digits' test split.
+    assert results["linear_eval_train_labels"] == results["num_train_examples"] == 1437
+    assert results["linear_eval_label_subset"] == "all" and results["linear_eval_examples"] == 360
+    # The headline numbers are the linear evaluation's; the online head's keep their own names.
+    online, linear = results["accuracies"]
+    assert (online["protocol"], linear["protocol"]) == ("online_linear_head", "linear_eval")
+    assert (results["eval_top1"], results["eval_top5"]) == (linear["top1"], linear["top5"]) == (
+        results["linear_eval_top1"], results["linear_eval_top5"])
+    assert (results["online_eval_top1"], results["online_eval_top5"]) == (online["top1"], online["top5"])
+    _assert_counted_accuracy(results, examples=360)
