@@ -21,6 +21,7 @@ The module is over 450 lines: it is the one table of every setting, its default 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -110,6 +111,45 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     )
 
 
+def _not_empty(name: str, value: str | None, what: str) -> None:
+    """A text setting is left out (`None`) or says something: an empty value has no meaning."""
+    _check(
+        value is None or (isinstance(value, str) and bool(value.strip())),
+        f"`{name}` is empty. Pass {what}, or leave --{name} out. Received: {value!r}.",
+    )
+
+
+def field_docs(part: type) -> dict[str, str]:
+    """Each field's description, from the `Attributes:` section of a config class's docstring.
+
+    The docstrings below are the one place a setting is described: the command line's help of
+    `--temperature` is the text of `LossConfig`'s `temperature:` entry. An entry starts with
+    `name: ` at the section's indentation and continues on the lines indented deeper; its lines
+    are joined with single spaces.
+
+    Args:
+        part: a config dataclass, e.g. `LossConfig`.
+
+    Returns:
+        A dict from field name to its description, in the docstring's order.
+    """
+    docs: dict[str, list[str]] = {}
+    lines = inspect.cleandoc(part.__doc__ or "").splitlines()
+    start = lines.index("Attributes:") + 1 if "Attributes:" in lines else len(lines)
+    name, indent = None, None
+    for line in lines[start:]:
+        depth = len(line) - len(line.lstrip())
+        if not line.strip() or depth == 0:  # a blank line or the next section ends the list
+            break
+        entry = re.match(r"(\w+): (.*)", line.strip())
+        if entry and (indent is None or depth == indent):
+            indent, name = depth, entry.group(1)
+            docs[name] = [entry.group(2)]
+        elif name is not None and depth > indent:
+            docs[name].append(line.strip())
+    return {field: " ".join(text) for field, text in docs.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where images come from.
@@ -117,17 +157,23 @@ class DataConfig:
     Attributes:
         dataset: `digits` (built in, scikit-learn's scans), `synthetic`, `folder` (see
             `image_dir`), or any TFDS name (`cifar10`, `imagenet2012`, ...).
-        data_dir: TFDS data directory. `None` uses TFDS' default.
+        data_dir: TFDS data directory. Unset (`None`): TFDS' default.
         download: let TFDS download and prepare the data set if it is missing.
-        image_dir: root of an image folder, used when `dataset == "folder"`.
-        eval_image_dir: optional separate folder for evaluation images.
-        train_split / eval_split: split names (TFDS syntax; `train` / `test` for the others).
-        image_size: side of the square model input. `None` uses the data set's native size.
+        image_dir: root of an image folder, read when `dataset` is `folder` (on the command
+            line `--image_dir` alone implies it); class sub-folders give the labels.
+        eval_image_dir: optional separate folder of evaluation images (with `dataset=folder`).
+        train_split: name of the training split (TFDS syntax; `train` for the other sources).
+        eval_split: name of the evaluation split (TFDS syntax; `test` for the other sources).
+        image_size: side of the square model input, in pixels (at least 8). Unset (`None`):
+            the data set's native size (12 for digits, 32 for CIFAR, 224 for ImageNet
+            and for data sets simclr_tf does not know).
         cache_dataset: cache decoded images in memory.
         train_label_fraction: fraction of labelled training images used for supervised training
             (class-balanced, deterministic by seed). 1.0 uses all.
-        train_labels_per_class: if > 0, use exactly this many labelled images per class instead.
-        synthetic_examples: number of images of the `synthetic` data set.
+        train_labels_per_class: if > 0, use exactly this many labelled images per class instead
+            of `train_label_fraction`; 0: the fraction decides.
+        synthetic_examples: number of images of the `synthetic` data set (coloured shapes made
+            on the fly).
         eval_fraction: where the data has no evaluation split (an image folder without
             `eval_image_dir`, a TFDS data set without `eval_split`), this fraction of the labelled
             images, drawn per class from the seed, is held out for evaluation and used for nothing
@@ -150,6 +196,10 @@ class DataConfig:
 
     def validate(self) -> None:
         _check(bool(self.dataset), "`dataset` must be a name, e.g. `digits` or `cifar10`.")
+        for name in ("data_dir", "image_dir", "eval_image_dir"):
+            _not_empty(name, getattr(self, name), "a directory")
+        _not_empty("train_split", self.train_split, "a split name, e.g. `train`")
+        _not_empty("eval_split", self.eval_split, "a split name, e.g. `test`")
         if self.dataset == "folder":
             _check(
                 bool(self.image_dir),
@@ -192,17 +242,21 @@ class AugmentConfig:
     images, strength 0.5 without blur at 32 px and below (paper, appendix B.9).
 
     Attributes:
-        color_jitter_strength: colour distortion strength s.
-        use_blur: apply Gaussian blur (p = 0.5 per view).
+        color_jitter_strength: colour distortion strength s (0: none). Unset (`None`): 1.0, or 0.5 for
+            images of 32 px or less.
+        use_blur: apply Gaussian blur (p = 0.5 per view). Unset (`None`): on, or off for images of
+            32 px or less.
         color_jitter_impl: `v2` (SimCLRv2 code, default) or `v1` (SimCLRv1 code).
-        crop_min_area: smallest area fraction of the random resized crop. `None`: the data
-            set's (`DATASET_AUGMENT`), else 0.08.
-        random_flip: flip views horizontally with p = 0.5. `None`: the data set's (off for
+        crop_min_area: smallest area fraction of the random resized crop. Unset (`None`): the
+            data set's (`DATASET_AUGMENT`: 0.2 for digits), else 0.08.
+        random_flip: flip views horizontally with p = 0.5. Unset (`None`): the data set's (off for
             digits, where a mirror image changes the class), else on.
-        view_a / view_b: the policy of the first / second view: transformations of
-            `VIEW_TRANSFORMS` in order, with parameters, e.g. `crop,color(strength=0.5),rotate`,
-            or a name of `VIEW_POLICIES` (`default`: SimCLR's view from the fields above).
-            See `simclr_tf.data.policy`.
+        view_a: the policy of the first view: transformations in order (crop, flip, color,
+            jitter, drop, blur, cutout, sobel, noise, rotate), with parameters, e.g.
+            `crop,color(strength=0.5),rotate` or `noise(std=0.05)`, or a named policy: `default`
+            (SimCLR's view from the other augmentation settings) or `identity` (only the resize;
+            an empty value means the same). See `simclr_tf.data.policy`.
+        view_b: the policy of the second view, written as `view_a`.
 
     These settings apply in every phase that augments: pretraining, and the crop and flip of
     fine-tuning and of the SGD linear evaluation.
@@ -337,7 +391,8 @@ class LossConfig:
         memory_buffer_size: keys in SimCLRv2's memory buffer (after MoCo): projections of past
             batches by a momentum copy of encoder and projection head, extra negatives of NT-Xent
             while pretraining. 0 (the default) turns it off. Any size works (the queue wraps
-            around); a step adds `2 * train_batch_size` keys. `simclr_tf.models.memory`.
+            around); a step adds `2 * train_batch_size` keys, and one more forward pass (1.4x the
+            quickstart's step time). `simclr_tf.models.memory`.
         memory_momentum: rate m of the momentum network's moving average of the online weights
             (`w <- m * w + (1 - m) * online` after each step); MoCo and SimCLRv2 use 0.999.
     """
@@ -394,7 +449,8 @@ class OptimizerConfig:
         optimizer: `lars`, `momentum` (Nesterov) or `adam`.
         learning_rate: base learning rate, scaled by `learning_rate_scaling`.
         learning_rate_scaling: `linear` (lr * B / 256), `sqrt` (lr * sqrt(B)) or `none`.
-        warmup_epochs: linear warm-up length in epochs.
+        warmup_epochs: linear warm-up length in epochs (0: none, training starts at the peak
+            rate); at most the length of the run.
         momentum: momentum of LARS / SGD.
         weight_decay: L2 weight decay lambda.
         lars_eta: LARS trust coefficient.
@@ -430,10 +486,17 @@ class TrainConfig:
             pretraining (needs labels).
         fine_tune_after_block: -1 fine-tunes everything; 0 freezes the stem; k freezes up to
             block group k; 4 is linear evaluation (only the head trains).
-        train_batch_size / eval_batch_size: global batch sizes.
-        train_epochs / train_steps: length of training; `train_steps > 0` wins.
+        train_batch_size: global training batch size (all replicas together).
+        eval_batch_size: global evaluation batch size.
+        train_epochs: length of training in epochs (passes over the training images);
+            `train_steps` wins when above 0.
+        train_steps: length of training in steps; 0: `train_epochs` sets it.
         eval_steps: evaluation batches; 0 evaluates the whole split.
-        checkpoint_epochs / checkpoint_steps: checkpoint period; `checkpoint_steps > 0` wins.
+        checkpoint_epochs: checkpoint every this many epochs; `checkpoint_steps` wins when above
+            0. With both 0, training checkpoints only at its end (and every
+            `checkpoint_minutes`).
+        checkpoint_steps: checkpoint every this many steps; 0: `checkpoint_epochs` sets the
+            period.
         checkpoint_minutes: also a checkpoint when this many minutes passed since the last one
             (0 disables), so that a run with long epochs loses at most that much to a crash or a
             preemption without notice. Off with several workers (they would have to agree when).
@@ -444,12 +507,13 @@ class TrainConfig:
             resumes there and trains again up to the budget or to the end. Off with several
             workers (they would have to agree when).
         keep_checkpoint_max: checkpoints kept.
-        keep_hub_module_max: exported SavedModels kept.
+        keep_hub_module_max: exported SavedModels kept (0 keeps all).
         model_dir: where checkpoints, logs, results and exports go.
-        checkpoint: checkpoint to initialise from (fine-tuning / evaluation). `none` says
-            "from random weights" on purpose: `train_mode=finetune` needs a checkpoint or that
-            (a supervised baseline trained from scratch on the labels only).
-        seed: seed for weights, augmentations and data order.
+        checkpoint: checkpoint (prefix or run directory) to initialise from (fine-tuning /
+            evaluation). `none` says "from random weights" on purpose: `train_mode=finetune`
+            needs a checkpoint or that (a supervised baseline trained from scratch on the labels
+            only).
+        seed: seed for weights, augmentations and data order (a non-negative integer).
         jit_compile: compile the train step with XLA: `auto` (on for GPU and TPU strategies, off
             on CPUs, where XLA was slower; a run stores what it chose in config.json), `true` or
             `false`.
@@ -475,7 +539,7 @@ class TrainConfig:
         teacher: with `train_mode=distill`, the frozen teacher: a simclr_tf run directory or
             checkpoint (with a supervised head), or an original SimCLR SavedModel / checkpoint.
         distill_temperature: temperature tau of the teacher's and student's softmax in the
-            distillation loss (SimCLRv2, eq. 2).
+            distillation loss (SimCLRv2, eq. 2: 1.0 big-to-small, 0.1 self-distillation).
         distill_alpha: weight of the cross-entropy on labelled images added to the distillation
             loss (0: the teacher's predictions alone, as in the paper).
         distill_augment: what the images of a distillation step are. `same` (the paper's): teacher
@@ -532,6 +596,12 @@ class TrainConfig:
     def validate(self) -> None:
         _one_of("mode", self.mode, MODES)
         _one_of("train_mode", self.train_mode, TRAIN_MODES)
+        _not_empty("checkpoint", self.checkpoint, "a checkpoint, a run directory or `none`")
+        _not_empty("teacher", self.teacher, "a run directory, checkpoint or SavedModel")
+        _check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            f"`seed` must be a non-negative integer, e.g. 0. Received: {self.seed!r}.",
+        )
         if self.train_mode == "distill":
             _check(bool(self.teacher),
                    "`train_mode=distill` needs a teacher: --teacher=<a simclr_tf run directory or "
@@ -608,8 +678,11 @@ class RuntimeConfig:
 
     Attributes:
         strategy: `default`, `mirrored`, `multi_worker` or `tpu`.
-        devices: devices for `mirrored` (e.g. `("/gpu:0", "/gpu:1")`); empty uses all GPUs.
-        tpu_name / tpu_zone / gcp_project: TPU cluster resolver arguments.
+        devices: devices for `strategy=mirrored` (e.g. `/gpu:0,/gpu:1`); empty uses all GPUs.
+        tpu_name: the TPU's name or gRPC address for the cluster resolver, `local` on a TPU VM.
+            Unset (`None`): the resolver's default.
+        tpu_zone: the TPU's Google Cloud zone. Unset (`None`): the resolver's default.
+        gcp_project: the Google Cloud project of the TPU. Unset (`None`): the resolver's default.
     """
 
     strategy: str = "default"
@@ -620,6 +693,8 @@ class RuntimeConfig:
 
     def validate(self) -> None:
         _one_of("strategy", self.strategy, STRATEGIES)
+        for name in ("tpu_name", "tpu_zone", "gcp_project"):
+            _not_empty(name, getattr(self, name), "a value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -667,6 +742,17 @@ class Config:
             f"(`train_epochs`={self.train.train_epochs}): the learning rate would never reach its peak. "
             "Use fewer warm-up epochs or more training epochs.",
         )
+        # The same rule for a run given in steps. A warm-up epoch is at least one step (a batch
+        # larger than the training images shrinks to them), so `round(warmup_epochs)` steps is the
+        # shortest the warm-up can be; its exact length needs the data set's size.
+        _check(
+            self.train.train_steps == 0 or self.train.mode == "eval"
+            or round(self.optimizer.warmup_epochs) <= self.train.train_steps,
+            f"`warmup_epochs` ({self.optimizer.warmup_epochs}) is longer than the run "
+            f"(`train_steps`={self.train.train_steps}): an epoch is at least one step, so the warm-up "
+            f"takes at least {round(self.optimizer.warmup_epochs)} steps and the learning rate would "
+            "never reach its peak. Use fewer warm-up epochs (--warmup_epochs) or more training steps.",
+        )
         image_size = self.image_size
         _check(
             image_size <= MAX_IMAGE_SIZE,
@@ -686,7 +772,10 @@ class Config:
 
     @property
     def image_size(self) -> int:
-        return self.data.image_size or self.data.native_image_size()
+        # Only `None` means "the data set's size": an explicit 0 is refused by `validate`.
+        if self.data.image_size is None:
+            return self.data.native_image_size()
+        return self.data.image_size
 
     @property
     def linear_eval_protocol(self) -> str:

@@ -12,7 +12,9 @@ from simclr_tf.config import (
     LossConfig,
     ModelConfig,
     OptimizerConfig,
+    RuntimeConfig,
     TrainConfig,
+    field_docs,
     load_config,
     save_config,
 )
@@ -163,3 +165,81 @@ def test_cli_expands_a_home_directory_in_paths(monkeypatch, tmp_path):
         values.unparse_flags()
     assert config.train.model_dir == str(tmp_path / "runs" / "x")
     assert config.data.image_dir == str(tmp_path / "pictures") and config.data.dataset == "folder"
+
+
+# --- every length check in both spellings; every sentinel documented or refused ------------------
+
+
+@pytest.mark.parametrize("config, match", [
+    (Config(optimizer=OptimizerConfig(warmup_epochs=10.0), train=TrainConfig(train_steps=5)),
+     r"`warmup_epochs` \(10\.0\) is longer than the run \(`train_steps`=5\): an epoch is at least one "
+     r"step, so the warm-up takes at least 10 steps"),
+    (Config(optimizer=OptimizerConfig(warmup_epochs=30.0), train=TrainConfig(train_epochs=20)),
+     r"`warmup_epochs` \(30\.0\) is longer than the run \(`train_epochs`=20\)"),
+    (Config(data=DataConfig(image_size=0)), r"`image_size` must be an integer of at least 8 pixels"),
+    (Config(data=DataConfig(data_dir="")), r"`data_dir` is empty\. Pass a directory, or leave --data_dir"),
+    (Config(data=DataConfig(image_dir="")), r"`image_dir` is empty"),
+    (Config(data=DataConfig(eval_image_dir=" ")), r"`eval_image_dir` is empty.*Received: ' '"),
+    (Config(data=DataConfig(train_split="")), r"`train_split` is empty\. Pass a split name, e\.g\. `train`"),
+    (Config(data=DataConfig(eval_split="")), r"`eval_split` is empty\. Pass a split name, e\.g\. `test`"),
+    (Config(train=TrainConfig(checkpoint="")), r"`checkpoint` is empty\. Pass a checkpoint, a run directory "
+                                               r"or `none`, or leave --checkpoint out"),
+    (Config(train=TrainConfig(teacher="")), r"`teacher` is empty"),
+    (Config(runtime=RuntimeConfig(tpu_name="")), r"`tpu_name` is empty"),
+    (Config(runtime=RuntimeConfig(gcp_project="")), r"`gcp_project` is empty"),
+    (Config(train=TrainConfig(seed=-1)), r"`seed` must be a non-negative integer, e\.g\. 0\. Received: -1"),
+])
+def test_lengths_and_sentinels_say_what_to_fix(config, match):
+    with pytest.raises(ConfigError, match=match):
+        config.resolved().validate()
+    with pytest.raises(ConfigError, match=match):
+        config.validate()
+
+
+@pytest.mark.parametrize("optimizer, train", [
+    (OptimizerConfig(warmup_epochs=5.0), TrainConfig(train_steps=5)),  # as long as the run: allowed
+    (OptimizerConfig(warmup_epochs=10.0), TrainConfig(train_steps=5, mode="eval")),  # no training
+    (OptimizerConfig(warmup_epochs=30.0), TrainConfig(train_epochs=20, train_steps=40)),  # steps win
+    (OptimizerConfig(warmup_epochs=0.4), TrainConfig(train_steps=1)),  # may round to 0 steps
+])
+def test_warm_up_within_the_run_is_valid(optimizer, train):
+    assert Config(optimizer=optimizer, train=train).validate().optimizer == optimizer
+
+
+def test_only_an_unset_image_size_means_the_data_sets():
+    assert Config().image_size == 12 and Config(data=DataConfig(dataset="cifar10")).image_size == 32
+    assert Config(data=DataConfig(image_size=0)).image_size == 0  # then refused, see above
+    assert Config(data=DataConfig(image_size=0)).resolved().data.image_size == 0
+
+
+# Values that mean something other than their number, and where their field's description says so.
+SENTINELS = [
+    (DataConfig, "image_size", "Unset (`None`): the data set's native size"),
+    (DataConfig, "data_dir", "Unset (`None`): TFDS' default"),
+    (DataConfig, "train_labels_per_class", "0: the fraction decides"),
+    (AugmentConfig, "color_jitter_strength", "Unset (`None`): 1.0, or 0.5"),
+    (AugmentConfig, "view_a", "an empty value means the same"),
+    (OptimizerConfig, "warmup_epochs", "0: none"),
+    (TrainConfig, "fine_tune_after_block", "-1 fine-tunes everything"),
+    (TrainConfig, "train_steps", "0: `train_epochs` sets it"),
+    (TrainConfig, "eval_steps", "0 evaluates the whole split"),
+    (TrainConfig, "checkpoint_steps", "0: `checkpoint_epochs` sets the period"),
+    (TrainConfig, "checkpoint_epochs", "With both 0, training checkpoints only at its end"),
+    (TrainConfig, "checkpoint_minutes", "0 disables"),
+    (TrainConfig, "max_train_minutes", "0: no limit"),
+    (TrainConfig, "keep_hub_module_max", "0 keeps all"),
+    (TrainConfig, "knn_every_epochs", "0 disables"),
+    (TrainConfig, "linear_eval_epochs", "0 disables"),
+    (TrainConfig, "checkpoint", "`none` says \"from random weights\""),
+    (TrainConfig, "distill_alpha", "0: the teacher's predictions alone"),
+    (LossConfig, "memory_buffer_size", "0 (the default) turns it off"),
+    (ModelConfig, "sk_ratio", "0 disables"),
+    (ModelConfig, "ft_proj_selector", "0 = encoder output"),
+    (RuntimeConfig, "devices", "empty uses all GPUs"),
+    (RuntimeConfig, "tpu_name", "Unset (`None`): the resolver's default"),
+]
+
+
+@pytest.mark.parametrize("part, field, says", SENTINELS, ids=[f"{p.__name__}.{f}" for p, f, _ in SENTINELS])
+def test_sentinels_are_documented(part, field, says):
+    assert says in field_docs(part)[field]
