@@ -14,6 +14,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+# First, before anything that imports TensorFlow: it sets TensorFlow's log level.
+from simclr_tf.console import show_library_logs
+
 # command -> (module with `main`, what it does)
 COMMANDS = {
     "run": ("simclr_tf.run", "pretrain, fine-tune or evaluate (absl flags; --helpfull lists them)"),
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simclr-tf: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.\n\n{_usage()}",
               file=sys.stderr)
         return 2
+    show_library_logs()  # each tool imports TensorFlow itself, once its arguments are checked
     module = importlib.import_module(COMMANDS[command][0])
     if command == "run":  # absl parses sys.argv itself
         sys.argv = [f"simclr-tf {command}", *rest]

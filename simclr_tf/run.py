@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-
-# TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides our messages; a user who
-# wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import sys
 
 from absl import app, flags
@@ -33,6 +29,9 @@ from simclr_tf.config import (
     TrainConfig,
     field_docs,
 )
+
+# Sets TensorFlow's log level; nothing imported here imports TensorFlow (`main` does, later).
+from simclr_tf.console import show_library_logs, start_tensorflow
 from simclr_tf.interrupts import Terminated, exit_code, signal_name, signals_as_exceptions
 
 # Every field of the typed config is the flag of its name, with the field's default (`Config()` is
@@ -160,6 +159,7 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         return 2
     absl_logging.set_verbosity(absl_logging.WARNING)  # TF's INFO chatter hides the progress lines
+    show_library_logs()
     # SIGTERM and Ctrl-C outside the training loop (data preparation, linear evaluation, export)
     # unwind as exceptions, so every clean-up on the way runs; then one line and 143 / 130.
     with signals_as_exceptions():
@@ -175,7 +175,8 @@ def main(argv):
 
 def _train_and_report(config: Config) -> int:
     """`main` once the flags are checked: the run, its errors as one line, the summary."""
-    # TensorFlow is imported only now, after the flags were checked.
+    # TensorFlow is imported only now, after the flags were checked, without its start-up lines.
+    start_tensorflow()
     from simclr_tf.distribute import make_strategy
     from simclr_tf.training import train
     from simclr_tf.training.callbacks import Interrupted

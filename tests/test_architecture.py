@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "simclr_tf"
 # Layers, bottom to top; a module may import from lower layers and from its own package
 # (`data.*`, `models.*`, `training.*`, `export.*`), never from a higher layer.
 LAYERS = [
-    {"validation", "interrupts"},  # standard library only
+    {"validation", "interrupts", "console"},  # standard library only
     {"config"},
     {"losses", "optimizers", "schedules", "distribute", "precision", "data"},
     {"models"},
