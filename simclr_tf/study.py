@@ -26,11 +26,11 @@ ResNet-18, 30 steps of 64, logistic-regression linear evaluation on the 360 held
 Each cell is a normal run directory under `--out` (`cell_<i>_<values>`), so an interrupted cell
 resumes from its checkpoint and a finished one (its `result.json`) is read, not rerun: a killed
 study continues where it stopped. The study writes `study.csv`, `study.md` and `study.png` of the
-held-out linear-evaluation top-1 accuracy (`results["accuracies"]`, protocol `linear_eval`), drawn
-with Pillow: the Figure 5 heat map for `--pairs` and grids whose first axis is not numeric (a bar
-chart for one such axis), and for a numeric first axis (temperature, projection size, batch size
-x steps) a line plot of the accuracy against it, one line per value of the other axes. A cell
-whose training diverges (NaN loss) is recorded as such and the study goes on.
+held-out linear-evaluation top-1 accuracy (`results["accuracies"]`, protocol `linear_eval`), with
+`simclr_tf.study_report` (matplotlib): the Figure 5 heat map for `--pairs` and grids whose first
+axis is not numeric (a bar chart for one such axis), and for a numeric first axis (temperature,
+projection size, batch size x steps) a line plot of the accuracy against it, one line per value of
+the other axes. A cell whose training diverges (NaN loss) is recorded as such and the study goes on.
 
 `--cell_minutes N` is a time budget per cell (the config's `max_train_minutes`): a cell's training
 stops once it has run N minutes, that step is saved and evaluated, and the table says which cells
@@ -41,15 +41,11 @@ table gives the mean and the sample standard deviation over the seeds that did n
 seed's value in study.csv), the picture the mean. Each finished run prints a progress line,
 `cell 7/49 {<its values>}: linear-eval top-1 <accuracy> on <split> (<its time>), elapsed <time>, eta <time>`,
 the eta being the mean time of the runs trained so far times the runs left to train.
-
-The module is over 450 lines: the grid, its recipes, its table and its two pictures are one tool
-whose parts change together (a new axis kind touches all four).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import itertools
 import json
@@ -58,6 +54,8 @@ import re
 import statistics
 import sys
 import time
+
+from simclr_tf.study_report import cell_row, draw_picture, linear_eval_top1, write_table
 
 QUICK = {  # a few minutes on 2 CPU cores for a handful of cells
     "dataset": "digits", "image_size": 16, "resnet_depth": 18, "train_batch_size": 64,
@@ -188,13 +186,6 @@ def _slug(point: dict) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-")[:80]
 
 
-def linear_eval_top1(results: dict) -> float | None:
-    for entry in results.get("accuracies", []):
-        if entry["protocol"] == "linear_eval":
-            return float(entry["top1"])
-    return None
-
-
 def _split_of(results: dict) -> str:
     """' on <split> (<n> images)' of the linear evaluation in `results`, or ''."""
     for entry in results.get("accuracies", []):
@@ -248,233 +239,6 @@ def run_cell(config) -> dict:
         with open(os.path.join(config.train.model_dir, DIVERGED), "w", encoding="utf-8") as f:
             f.write(message + "\n")
         return {"diverged": message}
-
-
-# --- table and picture ------------------------------------------------------------------------------
-
-
-def _joined(values) -> str:
-    return ";".join("" if v is None else str(v) for v in values)
-
-
-def cell_row(point: dict, runs: list[tuple[int | None, dict]], model_dirs: list[str]) -> dict:
-    """One row of the table: a cell's results, over its seeds when `--seeds` ran it more than once.
-
-    Args:
-        point: dict. The cell's values of the axes.
-        runs: list of (seed, results): the seed is None without `--seeds`.
-        model_dirs: list of str. The runs' directories, in the same order.
-
-    Returns:
-        dict: the point, `linear_eval_top1` (the mean over the seeds that did not diverge),
-        `train_seconds` (the mean), `train_steps_done` / `train_steps` / `stopped_by` (what the
-        time budget did), `steps` (the same as text: `41/64 (time budget)` when it cut the run),
-        `model_dir`, `note`; with seeds also `seeds`, `linear_eval_top1_std` (sample standard
-        deviation, `None` for fewer than two values) and `linear_eval_top1_per_seed`. With seeds,
-        the per-run columns hold one value per seed joined by `;`.
-    """
-    seeded = runs[0][0] is not None
-    tops = [linear_eval_top1(results) for _, results in runs]
-    valid = [t for t in tops if t is not None]
-    seconds = [r["train_seconds"] for _, r in runs if r.get("train_seconds") is not None]
-    notes, steps = [], []
-    for seed, results in runs:
-        if results.get("diverged"):
-            notes.append(("" if seed is None else f"seed {seed} ") + f"diverged: {results['diverged']}")
-        done, total = results.get("train_steps_done"), results.get("train_steps")
-        if results.get("stopped_by") == "time_budget":
-            steps.append(f"{done}/{total} (time budget)")
-        elif done is not None:
-            steps.append(f"{done}")
-    row = {**point,
-           "linear_eval_top1": statistics.fmean(valid) if valid else None,
-           "train_seconds": statistics.fmean(seconds) if seconds else None,
-           "steps": steps[0] if len(set(steps)) == 1 else ", ".join(steps),
-           "model_dir": _joined(model_dirs), "note": "; ".join(notes)}
-    per_run = {name: [results.get(name) for _, results in runs]
-               for name in ("train_steps_done", "train_steps", "stopped_by")}
-    if seeded:
-        row.update({name: _joined(values) for name, values in per_run.items()})
-        row.update(seeds=_joined(seed for seed, _ in runs),
-                   linear_eval_top1_std=statistics.stdev(valid) if len(valid) > 1 else None,
-                   linear_eval_top1_per_seed=_joined(tops))
-    else:
-        row.update({name: values[0] for name, values in per_run.items()})
-    return row
-
-
-def write_table(rows: list[dict], axes: list, out: str) -> tuple[str, str]:
-    """`study.csv` (every column of the rows) and `study.md` (the readable table) in `out`."""
-    names = [name for name, _ in axes]
-    seeded = any("seeds" in row for row in rows)
-    columns = names + ["linear_eval_top1"]
-    if seeded:
-        columns += ["linear_eval_top1_std", "seeds", "linear_eval_top1_per_seed"]
-    columns += ["train_seconds", "train_steps_done", "train_steps", "stopped_by", "model_dir", "note"]
-    csv_path, md_path = os.path.join(out, "study.csv"), os.path.join(out, "study.md")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    accuracy = "linear-eval top-1"
-    if seeded:
-        accuracy += f" (mean ± std, seeds {rows[0]['seeds'].replace(';', ',')})"
-    lines = ["| " + " | ".join(names) + f" | {accuracy} | train s | steps | note |",
-             "|" + "---|" * (len(names) + 4)]
-    for row in rows:
-        top1 = "" if row["linear_eval_top1"] is None else f"{row['linear_eval_top1']:.1%}"
-        if top1 and row.get("linear_eval_top1_std") is not None:
-            top1 += f" ± {row['linear_eval_top1_std']:.1%}"
-        seconds = "" if row.get("train_seconds") is None else f"{row['train_seconds']:.0f}"
-        lines.append("| " + " | ".join(f"`{row[n]}`" for n in names)
-                     + f" | {top1} | {seconds} | {row.get('steps') or ''} | {row.get('note') or ''} |")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    return csv_path, md_path
-
-
-def _color(value: float, low: float, high: float) -> tuple[int, int, int]:
-    t = 0.5 if high <= low else (value - low) / (high - low)
-    return (int(247 - 200 * t), int(251 - 130 * t), int(255 - 75 * t))  # white to blue
-
-
-# Line colours of the line plot (repeated past ten lines).
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def is_numeric_axis(axis: tuple) -> bool:
-    """An axis of numbers (not `--pairs`, not booleans): drawn as the line plot's x axis."""
-    name, values = axis
-    return name not in ("first", "second") and len(values) > 1 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-
-def draw_picture(rows: list[dict], axes: list, path: str, title: str) -> str:
-    """The study's picture: a line plot for a numeric first axis, else a heat map or bar chart."""
-    if is_numeric_axis(axes[0]):
-        return draw_lines(rows, axes, path, title)
-    return draw_grid(rows, axes, path, title)
-
-
-def draw_lines(rows: list[dict], axes: list, path: str, title: str, size=(640, 380)) -> str:
-    """Accuracy against the first axis, one line per combination of the other axes' values.
-
-    The x axis is logarithmic when its values are positive and span a factor of 10 or more
-    (temperatures 0.05 .. 1, batch sizes 32 .. 4096), else linear; each value has a tick.
-    """
-    import math
-
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    (x_name, x_values), other = axes[0], axes[1:]
-    keys = list(itertools.product(*[v for _, v in other]))  # one line each; [()] for one axis
-    labels = [", ".join(f"{n}={v}" for (n, _), v in zip(other, key, strict=True)) for key in keys]
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    legend = max([int(probe.textlength(text, font=font)) for text in labels] + [0]) + 40 if other else 0
-    width, height = size[0] + legend, size[1]
-    left, right, top, bottom = 64, width - 20 - legend, 40, height - 48
-    log_x = min(x_values) > 0 and max(x_values) / min(x_values) >= 10
-    position = (lambda v: math.log(v)) if log_x else float
-    lo_x, hi_x = min(map(position, x_values)), max(map(position, x_values))
-    span = hi_x - lo_x or 1.0
-    x_of = lambda v: left + 20 + (right - left - 40) * ((position(v) - lo_x) / span if hi_x > lo_x else 0.5)
-    values = [r["linear_eval_top1"] for r in rows if r["linear_eval_top1"] is not None]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    margin = max(0.005, 0.1 * (high - low))
-    low, high = max(0.0, low - margin), min(1.0, high + margin)
-    y_of = lambda v: bottom - (bottom - top) * (v - low) / (high - low)
-
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 10), f"{title}: linear-eval top-1 against {x_name}" + (" (log scale)" if log_x else ""),
-              fill="black", font=font)
-    for i in range(5):  # y ticks and grid lines
-        value = low + (high - low) * i / 4
-        y = y_of(value)
-        draw.line((left, y, right, y), fill=(225, 225, 225))
-        draw.line((left - 4, y, left, y), fill="black")
-        text = f"{value:.1%}"
-        draw.text((left - 8 - probe.textlength(text, font=font), y - 6), text, fill="black", font=font)
-    for value in x_values:  # x ticks at the grid's values
-        x = x_of(value)
-        draw.line((x, bottom, x, bottom + 4), fill="black")
-        text = f"{value:g}"
-        draw.text((x - probe.textlength(text, font=font) / 2, bottom + 8), text, fill="black", font=font)
-    draw.rectangle((left, top, right, bottom), outline="black")
-    draw.text(((left + right) / 2 - probe.textlength(x_name, font=font) / 2, bottom + 26), x_name,
-              fill="gray", font=font)
-    lookup = {tuple(r[n] for n, _ in axes): r["linear_eval_top1"] for r in rows}
-    for i, key in enumerate(keys):
-        colour = _PALETTE[i % len(_PALETTE)]
-        points = [(x_of(v), y_of(lookup[(v, *key)])) for v in x_values
-                  if lookup.get((v, *key)) is not None]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-        if other:
-            y = top + 6 + 18 * i
-            draw.line((right + 12, y + 6, right + 30, y + 6), fill=colour, width=3)
-            draw.text((right + 34, y), labels[i], fill="black", font=font)
-    image.save(path, format="PNG")
-    return path
-
-
-def draw_grid(rows: list[dict], axes: list, path: str, title: str) -> str:
-    """A heat map (rows: all axes but the last, columns: the last) or, for one axis, a bar chart."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width_of = lambda text: int(probe.textlength(text, font=font)) + 1
-    values = [r["linear_eval_top1"] for r in rows if r["linear_eval_top1"] is not None]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    pad, line = 10, 14
-    if len(axes) == 1:
-        name, labels = axes[0]
-        labels = [str(v) for v in labels]
-        left, bar = max(map(width_of, labels)) + 2 * pad, 300
-        image = Image.new("RGB", (left + bar + 70, 2 * line + pad + len(rows) * (line + 8) + pad), "white")
-        draw = ImageDraw.Draw(image)
-        draw.text((pad, pad), f"{title}: linear-eval top-1 by {name}", fill="black", font=font)
-        for i, row in enumerate(rows):
-            top = 2 * line + pad + i * (line + 8)
-            draw.text((pad, top), str(row[name]), fill="black", font=font)
-            if row["linear_eval_top1"] is not None:
-                length = int(bar * row["linear_eval_top1"])
-                colour = _color(row["linear_eval_top1"], low, high)
-                draw.rectangle((left, top, left + length, top + line), fill=colour, outline="black")
-                draw.text((left + length + 4, top), f"{row['linear_eval_top1']:.1%}", fill="black", font=font)
-    else:
-        *row_axes, (col_name, col_values) = axes
-        row_keys = list(itertools.product(*[v for _, v in row_axes]))
-        row_labels = [",".join(map(str, key)) for key in row_keys]
-        col_labels = [str(v) for v in col_values]
-        cell = max(64, max(map(width_of, col_labels)) + pad)
-        left = max(map(width_of, row_labels + [" / ".join(n for n, _ in row_axes)])) + 2 * pad
-        top0 = 3 * line + pad
-        size = (left + cell * len(col_values) + pad, top0 + 28 * len(row_keys) + pad)
-        image = Image.new("RGB", size, "white")
-        draw = ImageDraw.Draw(image)
-        draw.text((pad, pad), f"{title}: linear-eval top-1", fill="black", font=font)
-        draw.text((pad, pad + 2 * line), " / ".join(n for n, _ in row_axes), fill="gray", font=font)
-        draw.text((left, pad + line), col_name, fill="gray", font=font)
-        for j, label in enumerate(col_labels):
-            draw.text((left + j * cell + 4, pad + 2 * line), label, fill="black", font=font)
-        lookup = {tuple(r[n] for n, _ in axes): r["linear_eval_top1"] for r in rows}
-        for i, key in enumerate(row_keys):
-            top = top0 + 28 * i
-            draw.text((pad, top + 8), row_labels[i], fill="black", font=font)
-            for j, col in enumerate(col_values):
-                value = lookup.get((*key, col))
-                box = (left + j * cell, top, left + (j + 1) * cell - 2, top + 26)
-                draw.rectangle(box, fill=_color(value, low, high) if value is not None else "#dddddd")
-                text = "-" if value is None else f"{value:.1%}"
-                draw.text((box[0] + (cell - width_of(text)) // 2, top + 8), text, fill="black", font=font)
-    image.save(path, format="PNG")
-    return path
 
 
 # --- main -------------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "simclr_tf"
 # (`data.*`, `models.*`, `training.*`, `export.*`), never from a higher layer.
 LAYERS = [
     {"validation", "interrupts", "console"},  # standard library only
+    {"plots"},  # matplotlib figures; nothing of simclr_tf
     {"config"},
     {"losses", "optimizers", "schedules", "distribute", "precision", "data"},
     {"models"},
     {"checkpoints", "evaluation", "export"},
     {"convert"},  # reads the original code's files into checkpoints and exports
     {"training"},
+    {"study_report"},  # the study's table and picture, below the study command
     {"run", "cli", "preview", "study", "export.__main__", "convert.__main__"},  # the command-line tools
 ]
 CLI = LAYERS[-1]

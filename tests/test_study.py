@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simclr_tf import study
+from simclr_tf import study, study_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "experiments", "studies", "*.flags")))
@@ -89,67 +89,113 @@ def test_recipes_exist():
     assert {"digits_augmentation.flags", "digits_temperature.flags"} <= names
 
 
+def _rows(axes, accuracy_of):
+    names = [n for n, _ in axes]
+    return [{**dict(zip(names, combo, strict=True)), "linear_eval_top1": accuracy_of(i),
+             "train_seconds": 3.0, "model_dir": f"d{i}"}
+            for i, combo in enumerate(itertools.product(*[v for _, v in axes]))]
+
+
+def _png_checks(path, figure):
+    """The PNG decodes, has the figure's size at its dpi, is not one colour, and stays small."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    width, height = figure.get_size_inches() * figure.dpi
+    assert pixels.shape == (round(height), round(width), 3)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # text, lines and colours drawn
+    assert os.path.getsize(path) < 300_000
+
+
 @pytest.mark.parametrize("axes", [
     [("view_b", ["crop", "crop,rotate", "crop,color"])],
     [("first", ["crop", "color"]), ("second", ["crop", "color"])],
     [("a", [1, 2]), ("b", ["x", "y"]), ("c", [0.1, 0.5, 1.0])],
 ])
 def test_table_and_picture(tmp_path, axes):
-    names = [n for n, _ in axes]
-    rows = [{**dict(zip(names, combo, strict=True)), "linear_eval_top1": 0.5 + 0.1 * i if i != 1 else None,
-             "train_seconds": 3.0, "model_dir": f"d{i}"}
-            for i, combo in enumerate(itertools.product(*[v for _, v in axes]))]
+    rows = _rows(axes, lambda i: 0.5 + 0.1 * i if i != 1 else None)
     csv_path, md_path = study.write_table(rows, axes, str(tmp_path))
     with open(csv_path) as f:
         read = list(csv.DictReader(f))
     assert len(read) == len(rows) and read[0]["linear_eval_top1"] == "0.5"
     assert "| 50.0% | 3 |" in open(md_path).read()
     png = study.draw_picture(rows, axes, str(tmp_path / "study.png"), "test")
-    with Image.open(png) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    assert pixels.shape[0] > 40 and pixels.shape[1] > 100
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 4  # text and coloured cells drawn
+    _png_checks(png, study_report.study_figure(rows, axes, "test"))
 
 
-def _pixels_of(pixels, colour):
-    """(rows, columns) of the pixels of exactly that colour."""
-    return np.nonzero(np.all(pixels == np.array(colour, np.uint8), axis=-1))
+def test_heat_map_has_the_grid_on_its_axes_and_each_value_in_its_cell():
+    """Rows: all axes but the last (their values joined), columns: the last; a grey '-' where a
+    cell diverged; the colour bar spans exactly the finite accuracies."""
+    axes = [("a", [True, False]), ("b", ["x", "y"]), ("c", [0.1, 0.5, 1.0])]  # a: not numeric
+    values = [0.6, None, 0.62, 0.7, 0.71, 0.72, 0.8, 0.81, 0.82, 0.9, 0.91, 0.935]
+    figure = study_report.study_figure(_rows(axes, values.__getitem__), axes, "grid")
+    heat = figure.axes[0]
+    assert (heat.get_xlabel(), heat.get_ylabel()) == ("c", "a / b")
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["0.1", "0.5", "1.0"]
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["True,x", "True,y", "False,x", "False,y"]
+    assert heat.get_title() == "grid: linear-eval top-1"
+    # Cells in reading order: row (a, b), then column c, as itertools.product orders the rows.
+    assert [t.get_text() for t in heat.texts] == ["-" if v is None else f"{v:.1%}" for v in values]
+    assert [(t.get_position()) for t in heat.texts[:4]] == [(0, 0), (1, 0), (2, 0), (0, 1)]
+    image = heat.images[0]
+    drawn = image.get_array()
+    assert drawn.mask.tolist() == [[v is None for v in values[i:i + 3]] for i in range(0, 12, 3)]
+    np.testing.assert_allclose(drawn.filled(np.nan), [[np.nan if v is None else v for v in values[i:i + 3]]
+                                                     for i in range(0, 12, 3)])
+    assert (image.norm.vmin, image.norm.vmax) == (0.6, 0.935)
+    bar = image.colorbar
+    assert bar is not None and bar.ax in figure.axes and bar.ax.get_ylim() == pytest.approx((0.6, 0.935))
+    assert bar.ax.get_ylabel() == "linear-eval top-1"
+
+
+def test_pairs_heat_map_and_one_axis_bars():
+    axes = [("first", ["crop", "color", "rotate"]), ("second", ["crop", "color", "rotate"])]
+    figure = study_report.study_figure(_rows(axes, lambda i: 0.5 + 0.05 * i), axes, "pairs")
+    heat = figure.axes[0]
+    assert (heat.get_ylabel(), heat.get_xlabel()) == ("first", "second")
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["crop", "color", "rotate"]
+    assert heat.texts[4].get_text() == "70.0%"  # (color, color), the diagonal's middle
+    axes = [("view_b", ["crop", "crop,rotate", "crop,color"])]
+    figure = study_report.study_figure(_rows(axes, [0.5, None, 0.75].__getitem__), axes, "bars")
+    bars = figure.axes[0]
+    assert [p.get_width() for p in bars.patches] == [0.5, 0.0, 0.75]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["crop", "crop,rotate", "crop,color"]
+    assert [t.get_text() for t in bars.texts] == ["50.0%", "-", "75.0%"]
+    assert (bars.get_ylabel(), bars.get_xlabel()) == ("view_b", "linear-eval top-1")
 
 
 def test_line_plot_of_a_numeric_grid(tmp_path):
-    """Temperature x loss: one line per loss, the accuracy rising along one and falling along the other."""
+    """Temperature x loss: one line per loss with the cells' accuracies, a log x axis ticked at the
+    grid's values, and a legend naming the lines."""
     axes = [("temperature", [0.05, 0.1, 0.5, 1.0]), ("contrastive_loss", ["nt_xent", "nt_logistic"])]
     accuracy = {("nt_xent", t): 0.90 + 0.02 * i for i, t in enumerate(axes[0][1])}
     accuracy.update({("nt_logistic", t): 0.95 - 0.02 * i for i, t in enumerate(axes[0][1])})
     rows = [{"temperature": t, "contrastive_loss": loss, "linear_eval_top1": accuracy[(loss, t)]}
             for t, loss in itertools.product(*[v for _, v in axes])]
-    assert study.is_numeric_axis(axes[0]) and not study.is_numeric_axis(axes[1])
-    assert not study.is_numeric_axis(("first", [1, 2])) and not study.is_numeric_axis(("x", [True, False]))
-    path = study.draw_picture(rows, axes, str(tmp_path / "study.png"), "t")
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    assert pixels.shape[0] == 380 and pixels.shape[1] > 640  # the plot and its legend
-    rising_y, rising_x = _pixels_of(pixels, study._PALETTE[0])
-    falling_y, falling_x = _pixels_of(pixels, study._PALETTE[1])
-    assert len(rising_x) > 100 and len(falling_x) > 100  # two lines drawn (and their legend swatches)
-    plot = rising_x < 560  # leave the legend out
-    left, right = rising_x[plot] < np.median(rising_x[plot]), rising_x[plot] > np.median(rising_x[plot])
-    assert rising_y[plot][left].mean() > rising_y[plot][right].mean()  # image rows grow downwards
-    assert rising_x[plot].min() < 100 and rising_x[plot].max() > 500  # the x axis is spanned
-    plot = falling_x < 560
-    left, right = falling_x[plot] < np.median(falling_x[plot]), falling_x[plot] > np.median(falling_x[plot])
-    assert falling_y[plot][left].mean() < falling_y[plot][right].mean()
+    assert study_report.is_numeric_axis(axes[0]) and not study_report.is_numeric_axis(axes[1])
+    assert not study_report.is_numeric_axis(("first", [1, 2]))
+    assert not study_report.is_numeric_axis(("x", [True, False]))
+    figure = study_report.study_figure(rows, axes, "t")
+    plot = figure.axes[0]
+    assert plot.get_xscale() == "log" and plot.get_xlabel() == "temperature (log scale)"
+    assert plot.get_ylabel() == "linear-eval top-1"
+    np.testing.assert_allclose(plot.get_xticks(), [0.05, 0.1, 0.5, 1.0])
+    assert [t.get_text() for t in plot.get_xticklabels()] == ["0.05", "0.1", "0.5", "1"]
+    for line, loss in zip(plot.get_lines(), ["nt_xent", "nt_logistic"], strict=True):
+        np.testing.assert_allclose(line.get_xdata(), axes[0][1])
+        np.testing.assert_allclose(line.get_ydata(), [accuracy[(loss, t)] for t in axes[0][1]])
+    assert [t.get_text() for t in plot.get_legend().get_texts()] == ["contrastive_loss=nt_xent",
+                                                                      "contrastive_loss=nt_logistic"]
+    _png_checks(study.draw_picture(rows, axes, str(tmp_path / "study.png"), "t"), figure)
 
 
-def test_line_plot_of_one_axis_has_no_legend(tmp_path):
+def test_line_plot_of_one_axis_has_no_legend():
     axes = [("proj_out_dim", [16, 64, 128])]
     rows = [{"proj_out_dim": d, "linear_eval_top1": v} for d, v in zip([16, 64, 128], [0.9, None, 0.95],
                                                                         strict=True)]
-    path = study.draw_picture(rows, axes, str(tmp_path / "study.png"), "dims")
-    with Image.open(path) as image:
-        assert image.size == (640, 380)
-        pixels = np.asarray(image.convert("RGB"))
-    assert len(_pixels_of(pixels, study._PALETTE[0])[0]) > 50  # the line over the missing middle cell
+    plot = study_report.study_figure(rows, axes, "dims").axes[0]
+    assert plot.get_legend() is None and plot.get_xscale() == "linear"  # 128 / 16 < 10
+    (line,) = plot.get_lines()  # the line over the missing middle cell
+    assert line.get_xdata().tolist() == [16, 128] and line.get_ydata().tolist() == [0.9, 0.95]
 
 
 def test_a_diverged_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
@@ -179,6 +225,22 @@ def test_a_diverged_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
     assert study.main(argv) == 0 and calls == [0.05, 0.5, 0.5]  # the diverged cell is not retried
 
 
+def _assert_the_table_holds_what_each_run_measured(rows):
+    """Each row's accuracy is its run's linear evaluation (result.json), exactly: a count of the 360
+    held-out digits (QUICK's logistic regression), and far above the 10% of guessing (the untrained
+    encoder's features already separate digits well: README, `--quick`)."""
+    import json
+
+    for row in rows:
+        with open(os.path.join(row["model_dir"], "result.json")) as f:
+            result = json.load(f)
+        (entry,) = [a for a in result["accuracies"] if a["protocol"] == "linear_eval"]
+        assert (entry["detail"], entry["examples"]) == ("logistic", 360)
+        assert float(row["linear_eval_top1"]) == entry["top1"] == result["eval_top1"]
+        correct = entry["top1"] * 360
+        assert correct == pytest.approx(round(correct), abs=1e-6) and correct > 0.3 * 360
+
+
 @pytest.mark.slow
 def test_quick_study_of_2x2_cells_end_to_end_and_resumed(tmp_path, capsys):
     """A 2x2 Figure 5 grid (2 steps a cell) through simclr_tf.training.train, from a recipe; a rerun
@@ -195,7 +257,7 @@ def test_quick_study_of_2x2_cells_end_to_end_and_resumed(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [(r["first"], r["second"]) for r in rows] == [("crop", "crop"), ("crop", "rotate"),
                                                          ("rotate", "crop"), ("rotate", "rotate")]
-    assert all(0.0 < float(r["linear_eval_top1"]) <= 1.0 for r in rows)
+    _assert_the_table_holds_what_each_run_measured(rows)
     assert os.path.exists(os.path.join(out, "study.png"))
     import json
 
@@ -351,7 +413,7 @@ def test_a_real_study_whose_cells_are_cut_by_their_budget(tmp_path, monkeypatch)
         rows = list(csv.DictReader(f))
     assert [(r["train_steps_done"], r["train_steps"], r["stopped_by"]) for r in rows] == [
         ("3", "8", "time_budget")] * 2
-    assert all(0.0 < float(r["linear_eval_top1"]) <= 1.0 for r in rows)
+    _assert_the_table_holds_what_each_run_measured(rows)
     for row in rows:
         assert tf.train.latest_checkpoint(row["model_dir"]).endswith("ckpt-3")
     assert "| 3/8 (time budget) |" in open(os.path.join(out, "study.md")).read()
