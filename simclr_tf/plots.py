@@ -146,10 +146,14 @@ def line_figure(x_values: list, lines: dict[str, list], *, x_name: str, title: s
 
 
 def principal_components(features: np.ndarray, dims: int = 2) -> np.ndarray:
-    """`features` `(N, D)` projected on their first `dims` principal components, `(N, dims)`."""
+    """`features` `(N, D)` projected on their first `dims` principal components, `(N, dims)`.
+
+    Fewer than `dims` components exist when N or D is below `dims`: the missing ones are zeros.
+    """
     centred = np.asarray(features, np.float64) - np.mean(features, axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:dims].T
+    projected = centred @ vt[:dims].T
+    return np.pad(projected, [(0, 0), (0, dims - projected.shape[1])])
 
 
 def tsne(features: np.ndarray, *, seed: int = 0) -> np.ndarray | None:

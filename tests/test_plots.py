@@ -77,6 +77,15 @@ def test_many_points_are_subsampled_the_same_way_in_both_panels():
     assert "50 points" in figure.axes[0].get_title()
 
 
+def test_one_image_or_one_feature_still_draws():
+    """Fewer principal components than two exist: the missing one is zero, and t-SNE is left out."""
+    np.testing.assert_array_equal(plots.principal_components(np.ones((1, 8))), [[0.0, 0.0]])
+    column = plots.principal_components(np.array([[1.0], [3.0]]))
+    np.testing.assert_allclose(np.abs(column), [[1.0, 0.0], [1.0, 0.0]])
+    figure = plots.embedding_figure(np.ones((1, 8)), [2])
+    assert len(figure.axes) == 1 and [t.get_text() for t in figure.legends[0].get_texts()] == ["2"]
+
+
 def test_class_colours_are_distinct():
     for count in (3, 10, 15, 40):
         colours = plots.class_colours(list(range(count)))
