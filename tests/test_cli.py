@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMAND = pathlib.Path(sys.executable).with_name("simclr-tf")
 TINY = ["--dataset=synthetic", "--synthetic_examples=64", "--image_size=16", "--train_batch_size=16",
-        "--train_steps=1", "--linear_eval_epochs=0", "--eval_batch_size=64"]
+        "--train_steps=1", "--warmup_epochs=0", "--linear_eval_epochs=0", "--eval_batch_size=64"]
 
 
 def _run(args, cwd, timeout=600):
