@@ -1,18 +1,20 @@
 """The exported encoder works for the consumers downstream users have: tf.saved_model.load,
 Keras 3's TFSMLayer, TF Hub's KerasLayer (tf-keras) and a Keras 3 `.keras` file."""
 
+import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_factory import simclr_model
 
 from simclr_tf import export
 from simclr_tf.models.resnet import FEATURE_NAMES
-from simclr_tf.models.simclr import SimCLRModel
 
 NUM_CLASSES = 3
 
@@ -20,7 +22,7 @@ NUM_CLASSES = 3
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(7)
-    model = SimCLRModel(resnet_depth=18, cifar_stem=True, num_proj_layers=2, num_classes=NUM_CLASSES)
+    model = simclr_model(resnet_depth=18, cifar_stem=True, num_proj_layers=2, num_classes=NUM_CLASSES)
     model(tf.zeros([1, 16, 16, 3]))
     # Non-trivial batch-norm statistics and gammas, so inference vs training mode differ.
     for variable in model.weights:
@@ -140,40 +142,118 @@ def test_keras_file_loads_and_fine_tunes(exported):
 
 
 _PLAIN_KERAS_LOAD = """
+import importlib.abc
 import sys
+
+
+class NoSimclrTF(importlib.abc.MetaPathFinder):  # the package is installed here: make it absent
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "simclr_tf":
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+
+
+sys.meta_path.insert(0, NoSimclrTF())
 import numpy as np
 import keras
-assert "simclr_tf" not in sys.modules
 encoder = keras.saving.load_model(sys.argv[1])
+assert "simclr_tf" not in sys.modules
 features = encoder(np.load(sys.argv[2]), training=False)
 np.savez(sys.argv[3], **{name: np.asarray(value) for name, value in features.items()})
 print(sorted({type(layer).__module__.split(".")[0] for layer in encoder.layers}))
 """
 
 
-def test_keras_file_loads_in_plain_keras(exported, tmp_path):
-    # A downstream user's process that never imports simclr_tf (and could not: it is not on the
-    # path) loads the file: its batch norms are Keras' own, not the fused subclass.
-    model, _, written = exported
-    images = _images((3, 16, 16, 3), seed=4)
+def _load_in_plain_keras(path, images, tmp_path):
+    """The features of `images` from the `.keras` file at `path`, loaded by a process in which
+    simclr_tf cannot be imported (`python -I`, the package hidden from its import system)."""
     np.save(tmp_path / "images.npy", images)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_KERAS_LOAD, written["plain_keras_file"], str(tmp_path / "images.npy"),
+        [sys.executable, "-I", "-c", _PLAIN_KERAS_LOAD, path, str(tmp_path / "images.npy"),
          str(tmp_path / "features.npz")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[-2] == "['keras']"
-    got = np.load(tmp_path / "features.npz")
+    return np.load(tmp_path / "features.npz")
+
+
+def _serialized_modules(path):
+    """The modules of every class named in a `.keras` file's config."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    found, stack = set(), [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "class_name" in item and "module" in item:
+                found.add(str(item["module"]))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def test_keras_file_loads_in_plain_keras(exported, tmp_path):
+    # A downstream user's process that never imports simclr_tf (and could not) loads the file:
+    # its batch norms are Keras' own, not the fused subclass.
+    model, _, written = exported
+    images = _images((3, 16, 16, 3), seed=4)
+    got = _load_in_plain_keras(written["plain_keras_file"], images, tmp_path)
+    assert all(module.split(".")[0] == "keras" for module in _serialized_modules(written["plain_keras_file"]))
     expected = model.encoder(images, training=False)
     for name in FEATURE_NAMES:
-        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-6, rtol=1e-6, err_msg=name)
+
+
+def _random_batch_norms(model, seed):
+    """Batch-norm statistics and affine weights away from their initial values (so a wrong split
+    of the channels, or a wrong mode, shows)."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape, path = variable.shape, variable.path
+        if "moving_variance" in path:
+            variable.assign(rng.uniform(0.5, 2.0, shape).astype(np.float32))
+        elif "moving_mean" in path or "beta" in path:
+            variable.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+        elif "gamma" in path:
+            variable.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+
+
+def test_selective_kernels_and_squeeze_excitation_load_in_plain_keras(tmp_path):
+    """SimCLRv2's layers become functional models of Keras layers: same outputs, no simclr_tf."""
+    from simclr_tf.models.layers import SelectiveKernelConv2D, SqueezeExcitation
+    from simclr_tf.models.resnet import build_resnet
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((None, None, 8))
+    x = SelectiveKernelConv2D(8, strides=2, sk_ratio=0.0625, min_dim=4, name="sk_strided")(inputs)
+    x = SelectiveKernelConv2D(16, name="sk")(x)
+    x = SqueezeExcitation(4, 0.25, name="se")(x)
+    layers_model = keras.Model(inputs, {"final_avg_pool": keras.layers.GlobalAveragePooling2D()(x), "map": x})
+    # And a whole (tiny) encoder with them: ResNet-D shortcuts, squeeze-excitation in every block.
+    encoder = build_resnet(18, cifar_stem=True, sk_ratio=0.0625, se_ratio=0.25)
+    for index, (model, shape) in enumerate([(layers_model, (2, 12, 12, 8)), (encoder, (2, 16, 16, 3))]):
+        _random_batch_norms(model, seed=index)
+        plain = export.with_keras_batch_norm(model, convolutions=True)
+        path = str(tmp_path / f"plain{index}.keras")
+        plain.save(path)
+        assert all(module.split(".")[0] == "keras" for module in _serialized_modules(path))
+        images = _images(shape, seed=index)
+        got = _load_in_plain_keras(path, images, tmp_path)
+        expected = model(images, training=False)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, atol=1e-6, rtol=1e-6, err_msg=f"{index} {name}")
+        # Training mode (batch statistics) too: the halves of a batch norm see the same channels.
+        # Keras' composite batch norm and the fused kernel round the batch variance differently
+        # (2x2 maps, batch 2: 8 values per channel), hence the looser tolerance.
+        trained = plain(images, training=True)
+        for name, value in model(images, training=True).items():
+            np.testing.assert_allclose(trained[name], value, atol=1e-4, rtol=1e-4, err_msg=f"{index} {name}")
 
 
 def test_export_keeps_newest(tmp_path):
     keras.utils.set_random_seed(1)
-    model = SimCLRModel(resnet_depth=18, cifar_stem=True, num_proj_layers=1, proj_out_dim=8)
+    model = simclr_model(resnet_depth=18, cifar_stem=True, num_proj_layers=1, proj_out_dim=8)
     model(tf.zeros([1, 8, 8, 3]))
     for step in (1, 5, 3):
         export.export_model(model, str(tmp_path), step=step, keep=2, include_heads=False)

@@ -24,14 +24,16 @@ inference *and* fine-tuned by downstream code:
 
 Next to it, `encoder.keras` holds the encoder as a Keras 3 model that
 `keras.saving.load_model` reads back (safe mode on: it contains no Python code), taking images in
-the same forms as the SavedModel (`simclr_tf.models.images.ImageEncoder`; `import
-simclr_tf.models.layers` first). `encoder_plain.keras` holds the bare encoder, for plain Keras 3
-without `simclr_tf` (unless it uses selective kernels or squeeze-excitation layers): its batch norms
-and convolutions are Keras' own `BatchNormalization` and `Conv2D` (the fused batch norm and the
-convolution with a fast input gradient that the encoder trains with are implementation details),
-and it takes float images `(batch_size, height, width, 3)` in [0, 1] only (a plain Keras model
-casts uint8 to float without scaling it). `encoder.keras` keeps the fast convolution, for
-fine-tuning on a CPU.
+the same forms as the SavedModel (`simclr_tf.models.images.ImageEncoder`; `import simclr_tf`
+first: it registers the classes with Keras). `encoder_plain.keras` holds the bare encoder, for
+plain Keras 3 without `simclr_tf`, for every architecture: it names Keras classes only. Its batch
+norms and convolutions are Keras' own `BatchNormalization` and `Conv2D` (the fused batch norm and
+the convolution with a fast input gradient that the encoder trains with are implementation
+details), SimCLRv2's selective kernels and squeeze-excitation layers are small functional models
+of Keras layers computing the same (the outputs agree to 1e-6, `tests/test_export.py`), and it
+takes float images `(batch_size, height, width, 3)` in [0, 1] only (a plain Keras model casts
+uint8 to float without scaling it). `encoder.keras` keeps our layers (their gradient paths are
+chosen again where it is fine-tuned: `simclr_tf.models.conv.use_conv_gradients`).
 
 Loading the SavedModel logs no warning, and gradients flow through it: the exported graphs are
 traced without `global_bn`'s all-reduce (on one replica a sum of one value) and with TensorFlow's
@@ -70,6 +72,7 @@ from simclr_tf.models.images import (
     images_error,
     standardize_images,
 )
+from simclr_tf.models.layers import SelectiveKernelConv2D, SqueezeExcitation
 from simclr_tf.models.simclr import encoder_features
 
 KERAS_FILE = "encoder.keras"
@@ -301,26 +304,100 @@ def with_keras_batch_norm(encoder, convolutions: bool = False):
 
     Layers other than the batch norms are shared with `encoder`, not copied (no second set of
     weights for a large model); each batch norm becomes a Keras layer of the same config holding a
-    copy of its four weights. With `convolutions`, `simclr_tf`'s `Conv2D` (its fast input gradient)
-    becomes Keras' own the same way, so the result loads with plain Keras. Layers inside custom
-    layers (selective kernels) stay, as the custom layer needs `simclr_tf` to load anyway. An
-    encoder without our layers (a user's encoder) is returned as it is.
+    copy of its four weights. With `convolutions`, the result holds Keras classes only, so it
+    loads with plain Keras 3: `simclr_tf`'s `Conv2D` (its fast input gradient) becomes Keras' own
+    the same way, and each selective kernel and squeeze-excitation layer a small functional model
+    of Keras layers computing the same (`_plain_selective_kernel`, `_plain_squeeze_excitation`).
+    An encoder without our layers (a user's encoder) is returned as it is.
     """
-    swapped = (BatchNormalization, Conv2D) if convolutions else (BatchNormalization,)
+    swapped = (BatchNormalization, Conv2D, SelectiveKernelConv2D, SqueezeExcitation) if convolutions \
+        else (BatchNormalization,)
     if not any(type(layer) in swapped for layer in encoder._flatten_layers()):
         return encoder
 
     def clone(layer):
         if type(layer) not in swapped:
             return layer
-        parent = (keras.layers.BatchNormalization if type(layer) is BatchNormalization
-                  else keras.layers.Conv2D)
-        plain = parent.from_config(layer.get_config())
-        plain.build_from_config(layer.get_build_config())
-        plain.set_weights(layer.get_weights())
-        return plain
+        if type(layer) is SelectiveKernelConv2D:
+            return _plain_selective_kernel(layer)
+        if type(layer) is SqueezeExcitation:
+            return _plain_squeeze_excitation(layer)
+        return _plain_copy(layer)
 
     return keras.models.clone_model(encoder, clone_function=clone)
+
+
+def _plain_copy(layer, weights=None, **changes):
+    """Keras' own `Conv2D` or `BatchNormalization` with `layer`'s config (and `changes`) and weights."""
+    conv = isinstance(layer, keras.layers.Conv2D)
+    plain = (keras.layers.Conv2D if conv else keras.layers.BatchNormalization).from_config(
+        {**layer.get_config(), **changes})
+    weights = layer.get_weights() if weights is None else weights
+    shape = list(layer.get_build_config()["input_shape"])
+    if not conv:
+        shape[-1] = int(weights[0].shape[0])  # a half of the batch norm's channels
+    plain.build(shape)
+    plain.set_weights(weights)
+    return plain
+
+
+def _plain_selective_kernel(layer):
+    """`SelectiveKernelConv2D` as a functional model of Keras layers, with its weights.
+
+    Its one convolution of `2 * filters` outputs (and its batch norm) becomes two of `filters`,
+    one per stream, holding the halves of the kernel (and of the batch-norm weights): per channel,
+    the same arithmetic as convolving once and splitting. The softmax over the two streams' logits
+    is `sigmoid(a - b)` and `sigmoid(b - a)`, equal to it up to float rounding.
+    """
+    filters = layer.filters
+    channels = int(layer.conv.kernel.shape[2])
+    images = keras.Input((None, None, channels), dtype=layer.compute_dtype, name=f"{layer.name}_input")
+    x = images
+    if layer.pad is not None:
+        x = keras.layers.ZeroPadding2D.from_config(layer.pad.get_config())(x)
+
+    def halves(source, name, x):
+        """Two copies of `source` (Conv2D or batch norm), each with half of its output channels."""
+        outputs = []
+        for index, part in enumerate("ab"):
+            part_slice = slice(index * filters, (index + 1) * filters)
+            changes = {"name": f"{name}_{part}"}
+            if isinstance(source, keras.layers.Conv2D):
+                changes["filters"] = filters
+                weights = [w[..., part_slice] for w in source.get_weights()]
+            else:
+                weights = [w[part_slice] for w in source.get_weights()]
+            copy = _plain_copy(source, weights, **changes)
+            outputs.append(copy(x[index] if isinstance(x, list) else x))
+        return outputs
+
+    streams = halves(layer.conv, "conv", x)
+    streams = halves(layer.batch_norm, "batch_norm", streams)
+    stream_a, stream_b = (keras.layers.ReLU(name=f"relu_{part}")(stream)
+                          for part, stream in zip("ab", streams, strict=True))
+    descriptor = keras.layers.Add(name="sum")([stream_a, stream_b])
+    descriptor = keras.layers.GlobalAveragePooling2D(keepdims=True, name="mean")(descriptor)  # (B, 1, 1, F)
+    descriptor = _plain_copy(layer.reduce_conv)(descriptor)
+    descriptor = _plain_copy(layer.reduce_batch_norm)(descriptor)
+    descriptor = keras.layers.ReLU(name="reduce_relu")(descriptor)
+    logits_a, logits_b = halves(layer.expand_conv, "expand_conv", descriptor)
+    weight_a = keras.layers.Activation("sigmoid", name="weight_a")(
+        keras.layers.Subtract(name="logits_a_minus_b")([logits_a, logits_b]))
+    weight_b = keras.layers.Activation("sigmoid", name="weight_b")(
+        keras.layers.Subtract(name="logits_b_minus_a")([logits_b, logits_a]))
+    mixed = keras.layers.Add(name="mix")([keras.layers.Multiply(name="weighted_a")([stream_a, weight_a]),
+                                          keras.layers.Multiply(name="weighted_b")([stream_b, weight_b])])
+    return keras.Model(images, mixed, name=layer.name)
+
+
+def _plain_squeeze_excitation(layer):
+    """`SqueezeExcitation` as a functional model of Keras layers, with its weights."""
+    channels = int(layer.expand_conv.filters)
+    inputs = keras.Input((None, None, channels), dtype=layer.compute_dtype, name=f"{layer.name}_input")
+    gate = keras.layers.GlobalAveragePooling2D(keepdims=True, name="mean")(inputs)  # (B, 1, 1, C)
+    gate = keras.layers.ReLU(name="reduce_relu")(_plain_copy(layer.reduce_conv)(gate))
+    gate = keras.layers.Activation("sigmoid", name="gate")(_plain_copy(layer.expand_conv)(gate))
+    return keras.Model(inputs, keras.layers.Multiply(name="excite")([gate, inputs]), name=layer.name)
 
 
 def _exported_steps(export_dir):
