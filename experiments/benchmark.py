@@ -16,7 +16,8 @@ One run prints, for this machine:
   step holds no host callbacks (`py_function`, `tf.print`);
 - the input pipeline alone (`build_train_dataset`: two augmented views per image) at 32 and 224 px
   in images/s, and whether it keeps up (at least 2x the images per CPU-second of the fastest
-  training step at that size);
+  training step at that size); the same pipeline reading and decoding an image folder (60,000
+  Fashion-MNIST PNGs, 500 large JPEGs) is `experiments/benchmark_folder.py`;
 - the peak resident memory of the process.
 
 Experiments: `--keras_batch_norm` builds the encoder with Keras 3's composite batch norm instead of

@@ -1,9 +1,16 @@
-"""Your own images as a source: an image folder, read with Pillow one image at a time.
+"""Your own images as a source: an image folder, decoded by TensorFlow in parallel, Pillow as fallback.
 
 Layout: `image_dir/<class name>/**/<image>` gives labelled images; images directly in `image_dir`
 (and no class folders) are unlabelled. The folder is scanned once, reading only each file's header,
 so empty, corrupt and oversized files are skipped up front and logged; files that fail while
 decoding are skipped while the dataset runs. Memory stays bounded by the few images in flight.
+
+The header scan also decides how each file is decoded. Ordinary JPEG, PNG, GIF and BMP files (8-bit
+grey, RGB, palette or RGBA) are decoded by `tf.io` ops inside the `tf.data` graph, many at a time
+without Python's lock; the rest (16-bit, CMYK, palettes with transparency, animated PNG, WebP, TIFF,
+...) by Pillow (`read_image`) in a `tf.py_function`. A file TensorFlow fails on at run time is given
+to Pillow too, so no image is lost that Pillow can read: each file is a one-element dataset, TF's
+decoding with errors ignored followed by Pillow's, of which the first element is taken.
 
 This module imports nothing of simclr_tf except `simclr_tf.data.base` (for `Source`).
 """
@@ -178,27 +185,82 @@ def read_image(path: str, *, image_size: int | None = None, max_pixels: int = MA
     return rgb
 
 
-def _probe(path: str, max_pixels: int) -> str | None:
-    """Why the file cannot be used (cheap: reads the header only), or None if it looks fine."""
+# How a file is decoded: a branch of `_tf_decode` (JPEG at DCT scale 1/1, 1/2, 1/4, 1/8; PNG, GIF or BMP
+# as RGB; PNG with an alpha channel, composited on white), or Pillow.
+_PILLOW = -1
+_JPEG_RATIOS = (1, 2, 4, 8)
+_TF_IMAGE = len(_JPEG_RATIOS)
+_TF_ALPHA = _TF_IMAGE + 1
+
+_TF_PNG_RAWMODES = {"RGB": _TF_IMAGE, "L": _TF_IMAGE, "P": _TF_IMAGE, "RGBA": _TF_ALPHA, "LA": _TF_ALPHA}
+
+
+def _tile_rawmode(image) -> str | None:
+    if len(image.tile) != 1:
+        return None
+    args = image.tile[0][3]
+    return args if isinstance(args, str) else args[0] if args else None
+
+
+def _decoder(image, scale: int) -> int:
+    """The branch of `_tf_decode` that decodes this file like `read_image` would, or `_PILLOW`.
+
+    TensorFlow is given only what it decodes to the same pixels as Pillow: 8-bit files without a
+    transparent colour (which Pillow composites on white), the first frame of a GIF only if it
+    covers the whole picture, BMPs only if uncompressed 24 or 32 bits.
+    """
+    fmt = image.format
+    if "transparency" in image.info:
+        return _PILLOW
+    if fmt == "JPEG":
+        return _JPEG_RATIOS.index(scale) if image.mode in ("RGB", "L") else _PILLOW
+    rawmode = _tile_rawmode(image)
+    if fmt == "PNG" and not getattr(image, "is_animated", False):  # APNG: Pillow reads its first frame
+        return _TF_PNG_RAWMODES.get(rawmode, _PILLOW)
+    if fmt == "GIF" and image.mode in ("P", "L") and tuple(image.tile[0][1]) == (0, 0, *image.size):
+        return _TF_IMAGE
+    if fmt == "BMP" and image.tile[0][0] == "raw" and rawmode in ("BGR", "BGRX"):
+        return _TF_IMAGE
+    return _PILLOW
+
+
+def _decoded_size(width: int, height: int, scale: int, image_size: int | None) -> tuple[int, int]:
+    """`(height, width)` of `read_image`'s result: after DCT scaling (rounded up) and downscaling."""
+    width, height = -(-width // scale), -(-height // scale)
+    if image_size and min(height, width) > image_size:
+        factor = image_size / min(height, width)
+        return max(image_size, round(height * factor)), max(image_size, round(width * factor))
+    return height, width
+
+
+def _probe(path: str, max_pixels: int, image_size: int | None = None) -> tuple[str | None, tuple]:
+    """Why the file cannot be used (cheap: reads the header only), or None if it looks fine; and how
+    to decode it: `(branch, height, width, resize)`, the `_tf_decode` branch (or `_PILLOW`), the size
+    of the decoded image and whether it is resized to it after decoding."""
     from PIL import Image
 
+    unused = (_PILLOW, 0, 0, False)
     try:
         with Image.open(path) as image:
             width, height = image.size
             fmt = image.format
-        if width <= 0 or height <= 0:
-            return f"image has no pixels ({width}x{height})"
-        if fmt == "JPEG":
-            if _draft_scale(width, height, None, max_pixels) is None:
-                return f"{width}x{height} JPEG is too large even at 1/8 scale"
-        elif width * height > max_pixels:
-            return (f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} and {fmt} "
-                    "cannot be decoded at reduced size")
-        return None
+            if width <= 0 or height <= 0:
+                return f"image has no pixels ({width}x{height})", unused
+            scale = 1
+            if fmt == "JPEG":
+                scale = _draft_scale(width, height, image_size, max_pixels)
+                if scale is None:
+                    return f"{width}x{height} JPEG is too large even at 1/8 scale", unused
+            elif width * height > max_pixels:
+                return (f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} and "
+                        f"{fmt} cannot be decoded at reduced size"), unused
+            branch = _decoder(image, scale)
+        size = _decoded_size(width, height, scale, image_size)
+        return None, (branch, *size, size != _decoded_size(width, height, scale, None))
     except Image.DecompressionBombError as error:
-        return f"too large to decode safely ({error})"
+        return f"too large to decode safely ({error})", unused
     except Exception as error:  # any unreadable file is skipped, never fatal
-        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__), unused
 
 
 def _log_skipped(kind: str, skipped: list[tuple[str, str]], total: int) -> None:
@@ -209,10 +271,51 @@ def _log_skipped(kind: str, skipped: list[tuple[str, str]], total: int) -> None:
     log.warning("Skipped %d of %d %s: %s%s.", len(skipped), total, kind, shown, more)
 
 
+def _tf_decode(path: tf.Tensor, branch: tf.Tensor, size: tf.Tensor, resize: tf.Tensor) -> tf.Tensor:
+    """Decodes one file with `tf.io` as `read_image` does with Pillow: uint8 RGB `(height, width, 3)`.
+
+    Args:
+        path: string scalar. The file.
+        branch: int32 scalar. How (see `_decoder`): a JPEG DCT scale, RGB, or RGBA composited on white.
+        size: int32 `(2,)`. Height and width of the result.
+        resize: bool scalar. Downscale to `size` (antialiased bilinear, as Pillow's BILINEAR).
+    """
+    data = tf.io.read_file(path)
+
+    def jpeg(ratio):  # Pillow's libjpeg defaults: accurate integer DCT, fancy upsampling
+        return lambda: tf.io.decode_jpeg(data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
+
+    def rgb():  # PNG, GIF (first frame) or BMP
+        return tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3])
+
+    def on_white():  # as Pillow's alpha_composite on an opaque white picture
+        rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
+        alpha = rgba[..., 3:] / 255.0
+        return tf.cast(tf.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)), tf.uint8)
+
+    image = tf.switch_case(branch, [*(jpeg(r) for r in _JPEG_RATIOS), rgb, on_white])
+
+    def downscale():
+        small = tf.image.resize(image, size, method="bilinear", antialias=True)
+        return tf.cast(tf.round(tf.clip_by_value(small, 0.0, 255.0)), tf.uint8)
+
+    return tf.cond(resize, downscale, lambda: image)
+
+
 def _folder_dataset(
-    paths: np.ndarray, labels: np.ndarray, *, image_size: int | None, max_pixels: int, stats: FolderStats
+    paths: np.ndarray, labels: np.ndarray, plans: np.ndarray, *, image_size: int | None, max_pixels: int,
+    stats: FolderStats,
 ) -> tf.data.Dataset:
-    """Streams (image, label), decoding in parallel with Pillow; files that fail to decode are skipped."""
+    """Streams (image, label), decoding in parallel, in order; files that fail to decode are skipped.
+
+    Args:
+        paths: object array of bytes `(N,)`. The files.
+        labels: int32 `(N,)`.
+        plans: int32 `(N, 4)`. Per file, from the header scan: the `_tf_decode` branch or `_PILLOW`,
+            the decoded height and width, and whether to resize to them.
+        image_size, max_pixels: as `read_image`'s, for the files Pillow decodes.
+        stats: where files that fail to decode are counted.
+    """
 
     def decode(path: tf.Tensor):
         name = os.fsdecode(path.numpy())  # the file system's bytes, whatever their encoding
@@ -222,14 +325,26 @@ def _folder_dataset(
             stats.record_decode_failure(shown_path(name), f"{type(error).__name__}: {error}")
             return np.zeros((1, 1, 3), np.uint8), False
 
-    def load(path, label):
+    def with_pillow(path):
         image, ok = tf.py_function(decode, [path], [tf.uint8, tf.bool])
         image.set_shape([None, None, 3])
         ok.set_shape([])
-        return image, label, ok
+        return image, ok
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def with_tf(path, plan):
+        return _tf_decode(path, plan[0], plan[1:3], tf.cast(plan[3], tf.bool)), tf.constant(True)
+
+    def load(path, label, plan):
+        # try: TensorFlow, if the scan chose it; except any error: Pillow. `take(1)` never reaches Pillow's
+        # dataset after TensorFlow's yielded the image.
+        first = tf.data.Dataset.from_tensors((path, plan)).filter(lambda path, plan: plan[0] != _PILLOW)
+        first = first.map(with_tf).ignore_errors()
+        fallback = tf.data.Dataset.from_tensors(path).map(with_pillow)
+        return first.concatenate(fallback).take(1).map(lambda image, ok: (image, label, ok))
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels, plans))
+    dataset = dataset.interleave(load, cycle_length=max(4, os.cpu_count() or 1), block_length=1,
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.filter(lambda image, label, ok: ok)
     return dataset.map(lambda image, label, ok: (image, label))
 
@@ -325,7 +440,8 @@ def load_image_folder(
 
     workers = min(16, 4 * (os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        reasons = list(pool.map(lambda p: _probe(p, max_pixels), candidates))
+        probes = list(pool.map(lambda p: _probe(p, max_pixels, image_size), candidates))
+    reasons = [reason for reason, _ in probes]
     skipped = [(p, r) for p, r in zip(candidates, reasons, strict=True) if r is not None]
     keep = [i for i, r in enumerate(reasons) if r is None]
 
@@ -350,11 +466,16 @@ def load_image_folder(
     # (TensorFlow's strings are bytes; Python's str of such a name would not convert).
     paths = np.array([os.fsencode(candidates[i]) for i in keep], dtype=object)
     label_array = np.array([labels[i] for i in keep], np.int32)
+    plans = np.array([probes[i][1] for i in keep], np.int32).reshape(-1, 4)
+    by_pillow = int((plans[:, 0] == _PILLOW).sum())
+    if by_pillow:
+        log.info("Image folder %s: %d of %d images decoded by Pillow (formats or modes TensorFlow does not "
+                 "decode the same), the others by TensorFlow.", root, by_pillow, len(plans))
     log.info("Image folder %s: %d images, %s.", root, len(paths),
              f"{num_classes} classes" if num_classes else "unlabelled")
 
     def select(indices: np.ndarray) -> tf.data.Dataset:
-        return _folder_dataset(paths[indices], label_array[indices], image_size=image_size,
+        return _folder_dataset(paths[indices], label_array[indices], plans[indices], image_size=image_size,
                                max_pixels=max_pixels, stats=stats)
 
     return Source(
