@@ -272,6 +272,21 @@ def _digits_config(model_dir, **train):
     )
 
 
+def _accuracy_on_eval_images(config, checkpoint, examples):
+    """(top-1, top-5) of `checkpoint` (ours or the original's), restored into a fresh model, on the
+    first `examples` images of digits' test split, by argsort of its logits."""
+    from simclr_tf.training import inputs
+
+    model = build_model(config.resolved(), 10)
+    convert_pkg.restore_pretrained(model, checkpoint, train_mode="eval")
+    ranked, labels = [], []
+    for images, batch_labels in inputs.eval_dataset(config, inputs.data_splits(config).eval):
+        ranked.append(np.argsort(-model(images, training=False)["logits_sup"].numpy(), axis=1))
+        labels.append(batch_labels.numpy())
+    ranked, labels = np.concatenate(ranked)[:examples], np.concatenate(labels)[:examples]
+    return float(np.mean(ranked[:, 0] == labels)), float(np.mean((ranked[:, :5] == labels[:, None]).any(1)))
+
+
 def test_fine_tuning_from_an_original_saved_model_on_digits(sources, tmp_path):
     from simclr_tf.training import train
 
@@ -282,7 +297,11 @@ def test_fine_tuning_from_an_original_saved_model_on_digits(sources, tmp_path):
         ft_proj_selector=1))
     results = train(config)
     assert results["train_steps"] == 2 and np.isfinite(results["train_loss"])
-    assert 0.0 <= results["eval_top1"] <= 1.0
+    # The run's evaluation is its fine-tuned checkpoint's accuracy on the first eval_steps (1) batch
+    # of 64 test images. (results["eval_examples"] says 360, the split's size: `phases.evaluate`
+    # reports the split, not the images `eval_steps` let it see.)
+    top1, top5 = _accuracy_on_eval_images(config, results["checkpoint"], 64)
+    assert (results["eval_top1"], results["eval_top5"]) == (pytest.approx(top1), pytest.approx(top5))
 
 
 def test_eval_mode_reads_an_original_checkpoint(sources, tmp_path):
@@ -292,4 +311,8 @@ def test_eval_mode_reads_an_original_checkpoint(sources, tmp_path):
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, resnet_depth=18,
                                                                    num_proj_layers=2, cifar_stem=True))
     results = train(config)
-    assert 0.0 <= results["eval_top1"] <= 1.0 and results["global_step"] == 0
+    assert results["global_step"] == 0
+    # The original CIFAR-10 classifier's accuracy on the first 64 digits (eval_steps=1), read back
+    # through the converter.
+    top1, top5 = _accuracy_on_eval_images(config, sources["r18_cifar_ckpt"], 64)
+    assert (results["eval_top1"], results["eval_top5"]) == (pytest.approx(top1), pytest.approx(top5))
