@@ -5,6 +5,9 @@ The supported names are re-exported here and loaded on first use, so that `impor
 """
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import sys
 
 __version__ = "0.1.0"
 
@@ -40,9 +43,79 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        if "keras" in sys.modules and _KERAS_CLASSES not in sys.modules:
+            _register_keras_classes()
+        return value
     raise AttributeError(f"module 'simclr_tf' has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+# `.keras` files of simclr_tf models name our layers (`simclr_tf>SelectiveKernelConv2D`, ...), which
+# Keras finds only once their modules have registered them. `import simclr_tf` must be enough to
+# load such a file, without importing TensorFlow itself: the classes are registered now if Keras
+# is already imported, else right after Keras' own import finishes.
+_KERAS_CLASSES = "simclr_tf.models.layers"  # imports every module with a registered class
+
+
+def _initialising(finished: str = "") -> bool:
+    """Whether a module of this package (but `finished`) is being imported: its import may be what
+    imports Keras, and registering now could meet it half-initialised."""
+    return any(getattr(getattr(module, "__spec__", None), "_initializing", False)
+               for name, module in list(sys.modules.items())
+               if name.startswith("simclr_tf.") and name != finished)
+
+
+def _register_keras_classes(finished: str = "") -> bool:
+    """Imports the modules of our Keras classes (registering them); False where it must wait: Keras
+    was imported by a module of this package that is still initialising."""
+    if _KERAS_CLASSES not in sys.modules and _initialising(finished):
+        return False
+    try:
+        importlib.import_module(_KERAS_CLASSES)
+    except (ImportError, AttributeError):  # a partially initialised module: a later import retries
+        return False
+    return True
+
+
+class _RegisterWithKeras(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: gives the specs of `keras` and of this package's modules a loader that,
+    once Keras is imported, registers our classes after the module ran (the import of one of our
+    modules may be what imports Keras: then the registration waits for it to finish)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras" and not name.startswith("simclr_tf."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:  # (TensorFlow also asks without importing)
+            spec.loader = _ThenRegister(spec.loader, self)
+        return spec
+
+    def done(self):
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+class _ThenRegister(importlib.abc.Loader):
+    """The module's own loader, then our registration."""
+
+    def __init__(self, loader, finder):
+        self.loader, self.finder = loader, finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        if "keras" in sys.modules and _register_keras_classes(finished=module.__name__):
+            self.finder.done()
+
+
+if "keras" in sys.modules:
+    _register_keras_classes()
+else:
+    sys.meta_path.insert(0, _RegisterWithKeras())

@@ -283,3 +283,31 @@ def test_downstream_example_fine_tunes_on_an_image_folder(exported, tmp_path):
     history = script.main(["--export", written["saved_model"], "--images", str(tmp_path), "--image_size",
                            "16", "--epochs", "4", "--batch_size", "8", "--learning_rate", "0.05"])
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+_IMPORT_SIMCLR_TF_LOAD = """
+import sys
+import simclr_tf  # nothing else of the package: its import registers the classes with Keras
+assert "tensorflow" not in sys.modules  # and stays light
+import keras
+import numpy as np
+encoder = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[3], np.asarray(encoder(np.load(sys.argv[2]), training=False)["final_avg_pool"]))
+"""
+
+
+@pytest.mark.parametrize("first", ["simclr_tf", "keras"])
+def test_import_simclr_tf_is_enough_to_load_encoder_keras(exported, tmp_path, first):
+    model, _, written = exported
+    images = _images((2, 16, 16, 3), seed=5)
+    np.save(tmp_path / "images.npy", images)
+    code = _IMPORT_SIMCLR_TF_LOAD
+    if first == "keras":  # Keras imported before simclr_tf: registered at once
+        code = code.replace('import simclr_tf  #', 'import keras\nimport simclr_tf  #').replace(
+            'assert "tensorflow" not in sys.modules', 'pass')
+    result = subprocess.run([sys.executable, "-c", code, written["keras_file"], str(tmp_path / "images.npy"),
+                             str(tmp_path / "pool.npy")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "pool.npy"),
+                               model.encoder(images, training=False)["final_avg_pool"], atol=1e-6, rtol=1e-6)
