@@ -103,8 +103,27 @@ def _result(model_dir):
         return json.load(f)
 
 
+def _checkpoint_top1(config, checkpoint):
+    """(top-1, images) of the online head of `checkpoint`, restored into a fresh model, over the
+    run's evaluation images: the run's evaluation, computed another way."""
+    import numpy as np
+
+    from simclr_tf import convert
+    from simclr_tf.models.build import build_model
+    from simclr_tf.training import inputs
+
+    splits = inputs.data_splits(config)
+    model = build_model(config.resolved(), inputs.num_classes_for(config, splits))
+    convert.restore_pretrained(model, checkpoint, train_mode="eval")
+    correct = total = 0
+    for images, labels in inputs.eval_dataset(config, splits.eval):
+        predicted = np.argmax(model(images, training=False)["logits_sup"].numpy(), axis=1)
+        correct, total = correct + int(np.sum(predicted == labels.numpy())), total + len(predicted)
+    return correct / total, total
+
+
 @pytest.mark.slow
-def test_a_run_stopped_by_its_budget_is_saved_evaluated_and_resumed(tmp_path, monkeypatch, capsys):
+def test_a_run_stopped_by_its_budget_is_saved_evaluated_and_resumed(tmp_path, monkeypatch, caplog):
     """8 steps, a budget of 3 minutes at one minute a step: stops at 3, then 6, then runs to 8."""
     from simclr_tf.training import callbacks, train
 
@@ -112,27 +131,32 @@ def test_a_run_stopped_by_its_budget_is_saved_evaluated_and_resumed(tmp_path, mo
                                                                    clock=_MinutePerCall()))
     model_dir = str(tmp_path / "run")
     config = _tiny_config(model_dir, minutes=3)
+    caplog.set_level("INFO", logger="simclr_tf")
     first = train(config)
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "Time budget reached: stopped at step 3 of 8 after 3.0 min of training" in printed
     assert "--max_train_minutes=3" in printed and "Rerun the same command" in printed
     assert _saved_steps(model_dir) == [3]
     result = _result(model_dir)
     assert (result["stopped_by"], result["train_steps_done"], result["train_steps"]) == ("time_budget", 3, 8)
-    assert result["global_step"] == 3 and 0.0 <= result["eval_top1"] <= 1.0  # evaluated at step 3
+    assert result["global_step"] == 3
+    top1, examples = _checkpoint_top1(config, os.path.join(model_dir, "ckpt-3"))  # evaluated at step 3
+    assert result["eval_examples"] == examples and result["eval_top1"] == pytest.approx(top1)
     assert os.path.exists(os.path.join(model_dir, "saved_model", "3", "saved_model.pb"))  # exported
     assert first["train_steps_done"] == 3
 
     # The same command again: resumes at 3 and trains again up to the budget.
+    caplog.clear()
     train(config)
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "at step 3." in printed and "stopped at step 6 of 8" in printed
     assert _saved_steps(model_dir)[-1] == 6
     assert (_result(model_dir)["stopped_by"], _result(model_dir)["train_steps_done"]) == ("time_budget", 6)
 
     # Once more, with no budget: to the end.
+    caplog.clear()
     train(dataclasses.replace(config, train=dataclasses.replace(config.train, max_train_minutes=0)))
-    assert "Time budget reached" not in capsys.readouterr().out
+    assert "Resuming from" in caplog.text and "Time budget reached" not in caplog.text
     result = _result(model_dir)
     assert (result["stopped_by"], result["train_steps_done"], result["global_step"]) == (None, 8, 8)
     assert _saved_steps(model_dir)[-1] == 8
