@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AugmentConfig": "simclr_tf.config",
     "Config": "simclr_tf.config",
+    "LossConfig": "simclr_tf.config",
     "load_config": "simclr_tf.config",
     "save_config": "simclr_tf.config",
     "nt_xent": "simclr_tf.losses",

@@ -150,6 +150,33 @@ def field_docs(part: type) -> dict[str, str]:
     return {field: " ".join(text) for field, text in docs.items()}
 
 
+# The rules that tie fields together, each written once: `Config.validate`, `SimCLRModel` and the
+# losses call these.
+SEMI_HARD_LOSSES = ("nt_logistic", "margin_triplet")
+
+
+def check_semi_hard_negatives(contrastive_loss: str, semi_hard_negatives: bool) -> None:
+    """Semi-hard negative mining applies to `nt_logistic` and `margin_triplet` only."""
+    _check(
+        not semi_hard_negatives or contrastive_loss in SEMI_HARD_LOSSES,
+        "`semi_hard_negatives` applies to `contrastive_loss` nt_logistic or margin_triplet (the "
+        "paper's 'sh' rows; NT-Xent weighs its negatives by hardness already). Received: "
+        f"contrastive_loss={contrastive_loss!r}: turn it off (--nosemi_hard_negatives, "
+        "semi_hard_negatives=False) or choose one of those.",
+    )
+
+
+def check_memory_buffer_mode(train_mode: str, memory_buffer_size: int) -> None:
+    """The memory buffer exists only while pretraining."""
+    _check(
+        not memory_buffer_size or train_mode == "pretrain",
+        "The memory buffer is part of contrastive pretraining: `memory_buffer_size` needs "
+        f"`train_mode=pretrain`. Received: train_mode={train_mode!r}, memory_buffer_size="
+        f"{memory_buffer_size}. Pass --memory_buffer_size=0 (a fine-tuned or distilled "
+        "model has no buffer; the pretrained weights load without it).",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where images come from.
@@ -414,13 +441,7 @@ class LossConfig:
         )
         _one_of("contrastive_loss", self.contrastive_loss, CONTRASTIVE_LOSSES)
         _positive("margin", self.margin, allow_zero=True)
-        _check(
-            not self.semi_hard_negatives or self.contrastive_loss in ("nt_logistic", "margin_triplet"),
-            "`semi_hard_negatives` applies to `contrastive_loss` nt_logistic or margin_triplet (the "
-            "paper's 'sh' rows; NT-Xent weighs its negatives by hardness already). Received: "
-            f"contrastive_loss={self.contrastive_loss!r}: pass --nosemi_hard_negatives or choose one "
-            "of those.",
-        )
+        check_semi_hard_negatives(self.contrastive_loss, self.semi_hard_negatives)
         _check(
             isinstance(self.memory_buffer_size, int) and not isinstance(self.memory_buffer_size, bool)
             and self.memory_buffer_size >= 0,
@@ -714,13 +735,7 @@ class Config:
         for part in (self.data, self.augment, self.model, self.loss, self.optimizer, self.train,
                      self.runtime):
             part.validate()
-        _check(
-            not self.loss.memory_buffer_size or self.train.train_mode == "pretrain",
-            "The memory buffer is part of contrastive pretraining: `memory_buffer_size` needs "
-            f"`train_mode=pretrain`. Received: train_mode={self.train.train_mode!r}, memory_buffer_size="
-            f"{self.loss.memory_buffer_size}. Pass --memory_buffer_size=0 (a fine-tuned or distilled "
-            "model has no buffer; the pretrained weights load without it).",
-        )
+        check_memory_buffer_mode(self.train.train_mode, self.loss.memory_buffer_size)
         if self.train.fine_tune_after_block >= 0:
             _check(
                 self.train.train_mode == "finetune",

@@ -68,7 +68,7 @@ def make_strategy(
         strategy = make_strategy("mirrored", devices=("/gpu:0", "/gpu:1"))
         per_replica_batch = check_batch_divisible(512, strategy.num_replicas_in_sync)
         with strategy.scope():
-            model = SimCLRModel(global_bn=True, ...)
+            model = build_model(config, num_classes)  # global_bn: batch norm across replicas
         ```
     """
     if strategy not in STRATEGIES:

@@ -14,6 +14,8 @@ import numbers
 
 import tensorflow as tf
 
+from simclr_tf.config import check_semi_hard_negatives
+
 # Replaces a query's similarity with itself in the returned logits, so that the contrastive
 # accuracy metric (an argmax) never picks it. A finite number rather than -inf, so that downstream
 # metrics such as `softmax * logits` (entropy) stay finite: -inf would turn `0 * logit` into NaN.
@@ -91,7 +93,8 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True, memory=None, memory_mask=
           `offset_r` is the number of samples on replicas `0 .. r-1`.
         With a `memory` of `K` keys both have `K` more columns at the end (the memory's
         similarities, `-1e9` where empty; labels 0).
-        `logits_ab` and `labels` feed the contrastive accuracy (argmax) and entropy metrics.
+        `logits_ab` and `labels` feed the contrastive accuracy and entropy metrics
+        (`contrastive_metrics`, on the first block: the original's cross-view logits).
 
     Raises:
         ValueError: if `temperature` is not positive, or `z_1` and `z_2` do not have the same
@@ -101,8 +104,7 @@ def nt_xent(z_1, z_2, temperature=0.1, normalize=True, memory=None, memory_mask=
         ```python
         z_1, z_2 = tf.split(projection_head(encoder(tf.concat([view_1, view_2], 0))), 2)
         loss, logits_ab, labels = nt_xent(z_1, z_2, temperature=0.1)
-        accuracy = tf.reduce_mean(
-            tf.cast(tf.argmax(logits_ab, 1) == tf.argmax(labels, 1), tf.float32))
+        accuracy = tf.reduce_mean(contrastive_metrics(logits_ab, labels)[0])
         ```
     """
     _check_temperature(temperature)
@@ -221,9 +223,7 @@ def contrastive_loss(name, z_1, z_2, *, temperature=0.1, normalize=True, margin=
     Raises:
         ValueError: an unknown `name`, or an invalid argument of that loss.
     """
-    if semi_hard_negatives and name not in ("nt_logistic", "margin_triplet"):
-        raise ValueError("`semi_hard_negatives` applies to 'nt_logistic' and 'margin_triplet' (the paper's "
-                         f"'sh' rows); turn it off for {name!r}.")
+    check_semi_hard_negatives(name, semi_hard_negatives)
     if name == "nt_xent":
         return nt_xent(z_1, z_2, temperature=temperature, normalize=normalize, memory=memory,
                        memory_mask=memory_mask)
@@ -238,6 +238,39 @@ def contrastive_loss(name, z_1, z_2, *, temperature=0.1, normalize=True, margin=
                               semi_hard_negatives=semi_hard_negatives)
     raise ValueError(f"`contrastive_loss` must be one of 'nt_xent', 'nt_logistic', 'margin_triplet'. "
                      f"Received: contrastive_loss={name!r}.")
+
+
+def contrastive_metrics(logits_ab, labels, memory_size=0):
+    """Contrastive accuracy and entropy of each view-1 query, on its cross-view logits only.
+
+    As the original SimCLR's metrics: a query's candidates are the `N_global` view-2 projections
+    of the global batch (`logits_ab` of the original, the first block of ours), not the
+    same-view ones nor a memory buffer's keys. `hit` says whether the most similar of them is the
+    positive; `entropy` is that of the softmax over them, `-sum(p * log(p + 1e-8))`.
+
+    Args:
+        logits_ab: float tensor of shape `(N, 2 * N_global + K)`, as the losses return it.
+        labels: float one-hot tensor of the same shape; the positive sits in the first block.
+        memory_size: int. `K`, the memory buffer's keys at the end of the row. Defaults to `0`.
+
+    Returns:
+        `(hit, entropy)`: float32 tensors of shape `(N,)`.
+
+    Example:
+        ```python
+        loss, logits_ab, labels = nt_xent(z_1, z_2, temperature=0.1)
+        hit, entropy = contrastive_metrics(logits_ab, labels)
+        accuracy = tf.reduce_mean(hit)
+        ```
+    """
+    logits_ab = tf.cast(logits_ab, tf.float32)
+    global_size = (tf.shape(logits_ab)[1] - memory_size) // 2
+    cross_view = logits_ab[:, :global_size]  # (N, N_global)
+    positive = tf.argmax(labels[:, :global_size], axis=1)
+    hit = tf.cast(tf.equal(tf.argmax(cross_view, axis=1), positive), tf.float32)
+    probabilities = tf.nn.softmax(cross_view, axis=-1)
+    entropy = -tf.reduce_sum(probabilities * tf.math.log(probabilities + 1e-8), axis=-1)
+    return hit, entropy
 
 
 def _check_temperature(temperature):

@@ -27,17 +27,16 @@ def tiny_pair(seed: int):
     """A student without batch norm (its training-mode output is independent of the batch split)
     and a teacher with batch norm (frozen: inference mode), both with `CLASSES` classes."""
     import keras
-
-    from simclr_tf.models.simclr import SimCLRModel
+    from model_factory import simclr_model
 
     keras.utils.set_random_seed(seed)
-    student = SimCLRModel(
+    student = simclr_model(
         encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same", activation="relu"),
                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(8)]),
         num_proj_layers=2, proj_out_dim=4, num_classes=CLASSES, train_mode="finetune", global_bn=False,
-        optimizer_name="momentum", weight_decay=1e-3,
+        weight_decay=1e-3,
     )
-    teacher = SimCLRModel(
+    teacher = simclr_model(
         encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same"),
                                   keras.layers.BatchNormalization(),
                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D()]),

@@ -183,11 +183,11 @@ def check_nt_xent(args):
 
 def _tiny_model(global_bn):
     import keras
+    from model_factory import simclr_model
 
-    from simclr_tf.models.simclr import SimCLRModel
     from simclr_tf.optimizers import build_optimizer
 
-    model = SimCLRModel(
+    model = simclr_model(
         resnet_depth=18,
         cifar_stem=True,
         global_bn=global_bn,
@@ -195,7 +195,6 @@ def _tiny_model(global_bn):
         proj_out_dim=8,
         num_classes=0,
         temperature=0.5,
-        optimizer_name="lars",
         weight_decay=1e-4,
     )
     model(keras.ops.zeros((1, 8, 8, 3)))

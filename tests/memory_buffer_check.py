@@ -73,15 +73,14 @@ def check_fifo(strategy):
 
 def _model(seed):
     import keras
-
-    from simclr_tf.models.simclr import SimCLRModel
+    from model_factory import simclr_model
 
     keras.utils.set_random_seed(seed)
     # No batch norm in the encoder: its training-mode output does not depend on the batch split. The
     # projection head's batch norm is synchronised (global_bn), so it sees the global batch.
     encoder = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(6)])
-    model = SimCLRModel(encoder=encoder, num_proj_layers=2, proj_out_dim=4, num_classes=0, global_bn=True,
+    model = simclr_model(encoder=encoder, num_proj_layers=2, proj_out_dim=4, num_classes=0, global_bn=True,
                         memory_buffer_size=10, memory_momentum=0.8, temperature=0.5)
     model.build((None, SIZE, SIZE, 3))
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))

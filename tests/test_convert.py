@@ -148,6 +148,21 @@ def test_original_files_convert_on_the_fly_through_the_same_pieces(sources):
         convert_pkg.restore_pretrained(other, sources[name], train_mode="finetune")
 
 
+def test_a_larger_network_than_the_files_is_refused(sources):
+    """A ResNet-34 has a place for every piece of a ResNet-18 file and more: weights the file does
+    not fill would stay random, so the model is refused (the model holds no architecture fields:
+    what the file fills is compared with what the model has)."""
+    config = Config().resolved()
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, resnet_depth=34, cifar_stem=True, num_proj_layers=2))
+    model = build_model(config, 10, image_size=32)
+    before = [v.numpy().copy() for v in model.weights]
+    with pytest.raises(ConversionError, match=r"another network.*the file has no value for \d+ of the "
+                                              r"model's weights.*Pass its architecture: --resnet_depth=18"):
+        convert_pkg.restore_pretrained(model, sources["r18_cifar_ckpt"], train_mode="finetune")
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.weights, strict=True))
+
+
 def test_the_run_directory_is_a_simclr_tf_run_that_resumes(converted, sources):
     run = converted["r18_cifar_ckpt"]
     assert sorted(os.listdir(run)) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index",

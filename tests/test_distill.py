@@ -12,12 +12,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_factory import simclr_model
 
 from simclr_tf import checkpoints
 from simclr_tf.config import Config, ConfigError, DataConfig, TrainConfig, save_config
 from simclr_tf.models.build import build_model
 from simclr_tf.models.distill import DistillationModel, distillation_loss
-from simclr_tf.models.simclr import SimCLRModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE, CLASSES = 8, 4
@@ -45,13 +45,13 @@ def _tiny_pair(seed=0, student_encoder=None):
     """A student without batch norm (so training mode computes what inference does) and a teacher
     with batch norm, whose moving statistics would move if it ran in training mode."""
     keras.utils.set_random_seed(seed)
-    student = SimCLRModel(
+    student = simclr_model(
         encoder=student_encoder or keras.Sequential([
             keras.layers.Conv2D(6, 3, padding="same", activation="relu"),
             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(16)]),
         num_proj_layers=2, proj_out_dim=4, num_classes=CLASSES, train_mode="finetune", global_bn=False,
     )
-    teacher = SimCLRModel(
+    teacher = simclr_model(
         encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same"),
                                   keras.layers.BatchNormalization(),
                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D()]),
@@ -149,10 +149,10 @@ def test_teacher_never_changes_and_student_learns_it():
 
 def test_models_are_checked():
     student, teacher = _tiny_pair()
-    headless = SimCLRModel(encoder=keras.layers.Flatten(), num_classes=0)
+    headless = simclr_model(encoder=keras.layers.Flatten(), num_classes=0)
     with pytest.raises(ValueError, match="teacher needs a supervised head"):
         DistillationModel(student, headless)
-    other = SimCLRModel(encoder=keras.layers.Flatten(), num_classes=CLASSES + 1, train_mode="finetune")
+    other = simclr_model(encoder=keras.layers.Flatten(), num_classes=CLASSES + 1, train_mode="finetune")
     with pytest.raises(ValueError, match="same classes: the teacher has 5, the student 4"):
         DistillationModel(student, other)
     with pytest.raises(ValueError, match="`temperature` must be a positive number"):

@@ -7,13 +7,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_factory import simclr_model
 
 from simclr_tf.config import Config, ConfigError, TrainConfig
 from simclr_tf.data import views
 from simclr_tf.data.pipeline import build_distill_pair_dataset as distill_pair_dataset
 from simclr_tf.data.sources import load_source
 from simclr_tf.models.distill import DistillationModel
-from simclr_tf.models.simclr import SimCLRModel
 
 SIZE, CLASSES = 8, 4
 
@@ -28,7 +28,7 @@ def _model(seed, batch_norm):
     layers = [keras.layers.Conv2D(6, 3, padding="same")]
     layers += [keras.layers.BatchNormalization()] if batch_norm else []
     layers += [keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D()]
-    model = SimCLRModel(encoder=keras.Sequential(layers), num_proj_layers=2, proj_out_dim=4,
+    model = simclr_model(encoder=keras.Sequential(layers), num_proj_layers=2, proj_out_dim=4,
                         num_classes=CLASSES, train_mode="finetune", global_bn=False)
     model.build((None, SIZE, SIZE, 3))
     rng = np.random.default_rng(seed)

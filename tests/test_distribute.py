@@ -368,12 +368,12 @@ def test_train_step_compiles_with_xla_as_on_a_tpu():
     """
     import keras
     import numpy as np
+    from model_factory import simclr_model
 
-    from simclr_tf.models.simclr import SimCLRModel
     from simclr_tf.optimizers import build_optimizer
 
-    model = SimCLRModel(resnet_depth=18, cifar_stem=True, global_bn=True, num_proj_layers=2, proj_out_dim=8,
-                        num_classes=3, temperature=0.5, optimizer_name="lars", weight_decay=1e-4)
+    model = simclr_model(resnet_depth=18, cifar_stem=True, global_bn=True, num_proj_layers=2, proj_out_dim=8,
+                        num_classes=3, temperature=0.5, weight_decay=1e-4)
     model(keras.ops.zeros((1, 8, 8, 3)))
     model.compile(optimizer=build_optimizer("lars", 0.2, weight_decay=1e-4), jit_compile=True)
     rng = np.random.default_rng(0)

@@ -7,17 +7,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_factory import simclr_model
 
 from simclr_tf import export
 from simclr_tf.models.images import ImageEncoder, standardize_images
-from simclr_tf.models.simclr import SimCLRModel
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(3)
     # global_bn as the command line builds it: its all-reduce was what made loading warn.
-    model = SimCLRModel(resnet_depth=18, cifar_stem=True, num_proj_layers=2, num_classes=3, global_bn=True)
+    model = simclr_model(resnet_depth=18, cifar_stem=True, num_proj_layers=2, num_classes=3, global_bn=True)
     model(tf.zeros([1, 16, 16, 3]))
     for variable in model.weights:  # batch-norm statistics that make inference differ from training
         if "moving_variance" in variable.path:

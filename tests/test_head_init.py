@@ -7,10 +7,10 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+from model_factory import simclr_model
 
 from simclr_tf.config import Config, ConfigError, DataConfig, TrainConfig
 from simclr_tf.data.sources import from_arrays
-from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.training.head_init import PROBE_C, init_head_from_probe, probe_head_weights
 
 
@@ -70,7 +70,7 @@ def test_the_model_starts_at_the_probe():
     """On a model whose head reads the first projection layer, the logits after the init are the
     probe's decision function on what the head reads, for labelled and other images alike."""
     keras.utils.set_random_seed(0)
-    model = SimCLRModel(
+    model = simclr_model(
         encoder=keras.Sequential([keras.layers.Conv2D(6, 3, padding="same", activation="relu"),
                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(16)]),
         num_proj_layers=3, proj_out_dim=4, num_classes=3, train_mode="finetune", ft_proj_selector=1,

@@ -8,9 +8,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_factory import simclr_model
 
 import simclr_tf
-from simclr_tf.config import Config, DataConfig, ModelConfig, TrainConfig
+from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import LARS
 
@@ -63,8 +65,8 @@ def test_readme_library_example_runs_and_excludes_batch_norm_by_role():
 
 def test_plain_fit_without_a_dummy_call_learns():
     keras.utils.set_random_seed(0)
-    model = SimCLRModel(encoder=_small_encoder(), num_proj_layers=2, proj_out_dim=16, temperature=0.5,
-                        num_classes=3)
+    model = SimCLRModel(_small_encoder(), ProjectionHead(proj_out_dim=16), SupervisedHead(3),
+                        loss_config=LossConfig(temperature=0.5))
     model.compile(optimizer=LARS(0.5, weight_decay=1e-4))
     views, labels = _views(16)
     dataset = tf.data.Dataset.from_tensors((views, labels)).repeat()
@@ -90,10 +92,10 @@ def _as_tensors(views, labels):
 @pytest.mark.parametrize("ours", [False, True], ids=["user_encoder", "our_resnet"])
 def test_keras_file_round_trip(tmp_path, ours):
     if ours:
-        model = SimCLRModel(resnet_depth=18, cifar_stem=True, se_ratio=0.25, num_proj_layers=2,
-                            proj_out_dim=16, num_classes=3)
+        model = simclr_model(resnet_depth=18, cifar_stem=True, se_ratio=0.25, num_proj_layers=2,
+                             proj_out_dim=16, num_classes=3)
     else:
-        model = SimCLRModel(encoder=_small_encoder(), num_proj_layers=2, proj_out_dim=16, num_classes=3)
+        model = SimCLRModel(_small_encoder(), ProjectionHead(proj_out_dim=16), SupervisedHead(3))
     model.build((None, SIZE, SIZE, 3))
     for v in model.non_trainable_weights:  # batch-norm statistics away from 0 / 1
         v.assign(np.random.default_rng(2).uniform(0.5, 1.5, v.shape).astype(np.float32))
@@ -102,34 +104,53 @@ def test_keras_file_round_trip(tmp_path, ours):
     path = str(tmp_path / "simclr.keras")
     model.save(path)
     restored = keras.saving.load_model(path)
-    assert isinstance(restored, SimCLRModel) and restored.custom_encoder == (not ours)
+    assert isinstance(restored, SimCLRModel) and restored.num_classes == 3
     assert restored.encoder.name == ("resnet" if ours else "tiny")
     got = restored(images, training=False)
     for name in ("final_avg_pool", "proj_head_output", "logits_sup"):
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_config_round_trip_of_our_resnet_model():
-    model = SimCLRModel(resnet_depth=18, cifar_stem=True, num_proj_layers=2, proj_out_dim=16)
+@pytest.mark.parametrize("memory_buffer_size", [0, 8])
+def test_config_round_trip_of_our_resnet_model(memory_buffer_size):
+    model = simclr_model(resnet_depth=18, cifar_stem=True, num_proj_layers=2, proj_out_dim=16, num_classes=3,
+                         temperature=0.2, memory_buffer_size=memory_buffer_size, weight_decay=1e-4)
     model.build((None, 16, 16, 3))
     config = model.get_config()
-    assert config["encoder"] is None and config["resnet_depth"] == 18
+    assert config["loss_config"]["temperature"] == 0.2 and config["weight_decay"] == 1e-4
+    assert config["encoder"]["config"]["name"] == "resnet"  # the built parts, serialised by Keras
     again = SimCLRModel.from_config(config)
     again.build((None, 16, 16, 3))
     assert [v.path for v in again.weights] == [v.path for v in model.weights]
     assert again.get_config() == config
+    assert again.loss_config == model.loss_config and again.num_classes == 3
+    assert (again.memory is None) == (memory_buffer_size == 0)
+
+
+def test_the_defaults_are_the_configs():
+    """A head or loss not given is the config's default; the builder passes the config's own."""
+    model = SimCLRModel(_small_encoder())
+    assert model.loss_config == LossConfig()
+    head, default = model.projection_head, ModelConfig()
+    assert (head.proj_head_mode, head.proj_out_dim, head.num_proj_layers, head.batch_norm_decay,
+            head.global_bn) == (default.proj_head_mode, default.proj_out_dim, default.num_proj_layers,
+                                default.batch_norm_decay, default.global_bn)
+    assert (model.train_mode, model.lineareval_while_pretraining, model.ft_proj_selector,
+            model.fine_tune_after_block) == ("pretrain", TrainConfig().lineareval_while_pretraining,
+                                             default.ft_proj_selector, TrainConfig().fine_tune_after_block)
 
 
 def test_a_vector_encoder_and_a_dict_encoder():
     inputs = keras.Input((SIZE, SIZE, 3))
     vector = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(5, 3)(inputs)))
-    model = SimCLRModel(encoder=vector, num_proj_layers=2, proj_out_dim=4)
+    model = SimCLRModel(vector, ProjectionHead(proj_out_dim=4))
     features = model(np.zeros((2, SIZE, SIZE, 3), np.float32))
     assert tuple(features["final_avg_pool"].shape) == (2, 5)
     assert tuple(features["proj_head_output"].shape) == (2, 4)
     pooled = keras.layers.Flatten()(keras.layers.MaxPooling2D(8)(inputs))
     named = keras.Model(inputs, {"final_avg_pool": pooled})
-    features = SimCLRModel(encoder=named, num_proj_layers=1, proj_out_dim=4)(np.zeros((2, SIZE, SIZE, 3)))
+    model = SimCLRModel(named, ProjectionHead(num_proj_layers=1, proj_out_dim=4))
+    features = model(np.zeros((2, SIZE, SIZE, 3)))
     assert tuple(features["final_avg_pool"].shape) == (2, 48)
 
 
@@ -137,7 +158,11 @@ def test_a_vector_encoder_and_a_dict_encoder():
     "kwargs, match",
     [
         (dict(encoder="resnet50"), r"`encoder` must be a Keras model or layer.*Received: str"),
-        (dict(encoder=keras.layers.Dense(3), train_mode="finetune", num_classes=2, fine_tune_after_block=2),
+        (dict(encoder=None), r"`encoder` must be a Keras model or layer.*Received: NoneType"),
+        (dict(encoder=keras.layers.Dense(3), projection_head="mlp"),
+         r"`projection_head` must be a Keras model or layer. Received: str"),
+        (dict(encoder=keras.layers.Dense(3), train_mode="finetune", supervised_head=SupervisedHead(2),
+              fine_tune_after_block=2),
          r"with your own `encoder` use -1 .* or 4 .*Received: fine_tune_after_block=2"),
     ],
 )
@@ -148,13 +173,13 @@ def test_bad_encoders_say_what_to_do(kwargs, match):
 
 def test_an_encoder_with_the_wrong_output_says_so():
     inputs = keras.Input((SIZE, SIZE, 3))
-    model = SimCLRModel(encoder=keras.Model(inputs, keras.layers.Reshape((SIZE, SIZE * 3))(inputs)))
+    model = SimCLRModel(keras.Model(inputs, keras.layers.Reshape((SIZE, SIZE * 3))(inputs)))
     with pytest.raises(ValueError, match=r"feature vector \(batch_size, dim\).*Received an output of shape"):
         model.build((None, SIZE, SIZE, 3))
 
 
 def test_linear_evaluation_freezes_a_user_encoder():
-    model = SimCLRModel(encoder=_small_encoder(), num_proj_layers=2, num_classes=3, train_mode="finetune",
+    model = SimCLRModel(_small_encoder(), supervised_head=SupervisedHead(3), train_mode="finetune",
                         fine_tune_after_block=4)
     model.build((None, SIZE, SIZE, 3))
     trainable = {v.path for v in model.trainable_variables}

@@ -12,9 +12,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_factory import simclr_model
 
 from simclr_tf.config import Config, ConfigError, LossConfig, TrainConfig
 from simclr_tf.losses import contrastive_loss, nt_xent
+from simclr_tf.models.heads import SupervisedHead
 from simclr_tf.models.memory import MemoryBuffer, online_weights
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import build_optimizer
@@ -118,7 +120,7 @@ def _tiny_model(**kwargs):
     defaults = dict(encoder=_tiny_encoder(), num_proj_layers=2, proj_out_dim=4, num_classes=0,
                     memory_buffer_size=12, memory_momentum=0.9, temperature=0.5)
     defaults.update(kwargs)
-    model = SimCLRModel(**defaults)
+    model = simclr_model(**defaults)
     model.build((None, SIZE, SIZE, 3))
     return model
 
@@ -162,7 +164,7 @@ def test_a_model_that_fit_builds_copies_the_online_network_on_its_first_step():
     """Keras builds an unbuilt model for `fit` in a stateless scope, which drops the build's copy:
     the first step makes it (`copied`). With a learning rate of 0, the momentum network then equals
     the online one after the step (the moving average of two equal weights)."""
-    model = SimCLRModel(encoder=_tiny_encoder(), num_proj_layers=2, proj_out_dim=4, num_classes=0,
+    model = simclr_model(encoder=_tiny_encoder(), num_proj_layers=2, proj_out_dim=4, num_classes=0,
                         memory_buffer_size=6)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     rng = np.random.default_rng(3)
@@ -365,12 +367,14 @@ def test_config_errors_say_what_to_fix(config, match):
 
 
 def test_model_errors():
-    with pytest.raises(ValueError, match=r"train_mode='pretrain'.*Received: train_mode='finetune'"):
-        SimCLRModel(train_mode="finetune", num_classes=3, memory_buffer_size=8)
-    with pytest.raises(ValueError, match=r"`memory_momentum` must be a number in \[0, 1\).*1.5"):
-        SimCLRModel(memory_buffer_size=8, memory_momentum=1.5)
-    with pytest.raises(ValueError, match=r"`memory_buffer_size` must be a positive integer.*2.5"):
-        SimCLRModel(memory_buffer_size=2.5)
+    encoder, head = keras.layers.Flatten(), SupervisedHead(3)
+    with pytest.raises(ValueError, match=r"needs `train_mode=pretrain`. Received: train_mode='finetune'"):
+        SimCLRModel(encoder, supervised_head=head, loss_config=LossConfig(memory_buffer_size=8),
+                    train_mode="finetune")
+    with pytest.raises(ValueError, match=r"`memory_momentum` must be in \[0, 1\).*1.5"):
+        SimCLRModel(encoder, loss_config=LossConfig(memory_buffer_size=8, memory_momentum=1.5))
+    with pytest.raises(ValueError, match=r"`memory_buffer_size` must be a non-negative integer.*2.5"):
+        SimCLRModel(encoder, loss_config=LossConfig(memory_buffer_size=2.5))
 
 
 def test_flags_reach_the_config():

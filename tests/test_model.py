@@ -4,7 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_factory import simclr_model
 
+from simclr_tf.config import LossConfig
 from simclr_tf.losses import nt_xent
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import build_optimizer
@@ -15,7 +17,7 @@ SIZE = 16
 def _model(**kwargs):
     defaults = dict(resnet_depth=18, cifar_stem=True, num_proj_layers=2, proj_out_dim=16, num_classes=4)
     defaults.update(kwargs)
-    model = SimCLRModel(**defaults)
+    model = simclr_model(**defaults)
     model(tf.zeros([1, SIZE, SIZE, 3]))
     return model
 
@@ -46,7 +48,7 @@ def test_pretrain_steps_lower_the_loss_on_a_fixed_batch():
     (view_1, view_2), _ = data
     def contrastive(training):
         z = model(tf.concat([view_1, view_2], 0), training=training)["proj_head_output"]
-        return float(nt_xent(z[:8], z[8:], temperature=model.temperature)[0])
+        return float(nt_xent(z[:8], z[8:], temperature=model.loss_config.temperature)[0])
     assert np.isfinite(float(first["loss"])) and np.isfinite(float(last["loss"]))
     assert contrastive(True) < float(first["contrastive_loss"]) - 0.05
     assert {"contrastive_loss", "contrastive_acc", "contrastive_entropy", "top1", "top5",
@@ -63,7 +65,7 @@ def test_pretrain_step_matches_a_hand_written_step():
     model.train_step(((view_1, view_2), labels))
     with tf.GradientTape() as tape:
         z = reference(tf.concat([view_1, view_2], 0), training=True)["proj_head_output"]
-        loss = nt_xent(z[:8], z[8:], temperature=reference.temperature)[0]
+        loss = nt_xent(z[:8], z[8:], temperature=reference.loss_config.temperature)[0]
     variables = reference.trainable_variables
     grads = tape.gradient(loss, variables)
     pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
@@ -144,7 +146,7 @@ def test_supervised_head_on_stop_gradient_features_while_pretraining():
     with tf.GradientTape() as tape2:
         feats = model.encoder(tf.concat([view_1, view_2], 0), training=True)["final_avg_pool"]
         proj, _ = model.projection_head(feats, training=True)
-        only = nt_xent(proj[:8], proj[8:], temperature=model.temperature)[0]
+        only = nt_xent(proj[:8], proj[8:], temperature=model.loss_config.temperature)[0]
     g_only = tape2.gradient(only, encoder_vars)
     for a, b in zip(g_total, g_only, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
@@ -159,10 +161,13 @@ def test_unlabelled_examples_are_left_out_of_the_supervised_loss():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="train_mode"):
-        SimCLRModel(resnet_depth=18, train_mode="pretrian")
-    with pytest.raises(ValueError, match="num_classes"):
-        SimCLRModel(resnet_depth=18, train_mode="finetune", num_classes=0)
+    encoder = keras.layers.Flatten()
+    with pytest.raises(ValueError, match=r"`train_mode` must be one of .*Received.*pretrian"):
+        SimCLRModel(encoder, train_mode="pretrian")
+    with pytest.raises(ValueError, match=r"`train_mode='finetune'` needs .*`supervised_head`.*num_classes"):
+        SimCLRModel(encoder, train_mode="finetune")
+    with pytest.raises(ValueError, match=r"`loss_config` must be a `simclr_tf.config.LossConfig`.*dict"):
+        SimCLRModel(encoder, loss_config={"temperature": 0.1})
 
 
 def test_checkpoint_round_trip_restores_every_weight(tmp_path):
@@ -243,7 +248,7 @@ def test_pretrain_steps_with_a_loss_variant_lower_that_loss(loss_name, semi_hard
 
     def loss(training):
         z = model(tf.concat([view_1, view_2], 0), training=training)["proj_head_output"]
-        return float(contrastive_loss(loss_name, z[:8], z[8:], temperature=model.temperature,
+        return float(contrastive_loss(loss_name, z[:8], z[8:], temperature=model.loss_config.temperature,
                                       margin=0.5, semi_hard_negatives=semi_hard)[0])
 
     before = loss(True)  # the step's metric is the loss of the weights before it
@@ -253,8 +258,11 @@ def test_pretrain_steps_with_a_loss_variant_lower_that_loss(loss_name, semi_hard
         model.train_step(data)
     assert before > 0 and loss(True) < before
     rebuilt = SimCLRModel.from_config(model.get_config())
-    assert (rebuilt.contrastive_loss, rebuilt.semi_hard_negatives) == (loss_name, semi_hard)
-    with pytest.raises(ValueError, match=r"`contrastive_loss` must be one of .*Received: 'xent'"):
-        SimCLRModel(contrastive_loss="xent")
+    assert rebuilt.loss_config == model.loss_config
+    c = model.loss_config
+    assert (c.contrastive_loss, c.semi_hard_negatives) == (loss_name, semi_hard)
+    encoder = keras.layers.Flatten()
+    with pytest.raises(ValueError, match=r"`contrastive_loss` must be one of .*Received: .*'xent'"):
+        SimCLRModel(encoder, loss_config=LossConfig(contrastive_loss="xent"))
     with pytest.raises(ValueError, match=r"`semi_hard_negatives` applies to .*contrastive_loss=.nt_xent."):
-        SimCLRModel(semi_hard_negatives=True)
+        SimCLRModel(encoder, loss_config=LossConfig(semi_hard_negatives=True))

@@ -51,17 +51,18 @@ def restore_original(model, source: str, *, train_mode: str, log=print) -> str:
     """
     ckpt = OriginalCheckpoint(source)
     arch, pieces = read_architecture(ckpt)
-    if getattr(model, "custom_encoder", False):
-        raise ConversionError(f"{source} holds the original ResNet; the model has its own encoder. "
-                              "Build it with our ResNet (no `encoder=`) to load the file.")
     fields = arch.model_fields()
     if arch.proj_head_mode == "none":
         fields.pop("proj_head_mode")  # nothing to load into the head: any head will do
-    check_fits({name: getattr(model, name, None) for name in fields}, fields, source)
     parts = ["encoder"] + (["projection_head"] if arch.proj_head_mode != "none" else [])
+    filled = tuple(parts)  # the parts the file must fill completely
     if train_mode == "eval":
         parts.append("supervised_head")
-    plan = planned_assignments(model, pieces, parts=tuple(parts))
+    try:  # a user's encoder or another ResNet has no place for some piece, or one of another shape
+        plan = planned_assignments(model, pieces, parts=tuple(parts))
+    except ConversionError as error:
+        check_fits(model, None, filled, fields, source, problem=str(error))
+    check_fits(model, plan, filled, fields, source)
     assign(plan)
     what = " and ".join(part.replace("_", " ") for part in parts)
     log(f"Initialised the {what} from the original {ckpt.kind} {source} "

@@ -128,19 +128,26 @@ def config_for(arch: OriginalArchitecture, model_dir: str, *, dataset: str | Non
     ).resolved()
 
 
-def check_fits(ours: dict, wanted: dict, source: str) -> None:
-    """Raises a `ConversionError` naming the flags to pass if `ours` is another network.
+def check_fits(model, plan, parts, wanted: dict, source: str, problem: str | None = None) -> None:
+    """Raises a `ConversionError` naming the flags to pass if `model` is another network.
+
+    The model fits when the planned values fill every weight of its `parts`: a deeper ResNet or a
+    longer head than the file's would otherwise keep weights the file has no value for.
 
     Args:
-        ours: dict. The run's values of the `ModelConfig` fields in `wanted`.
+        model: SimCLRModel. The model the file is read into.
+        plan: list. `planned_assignments(model, ...)`; None when planning failed (`problem`).
+        parts: sequence of str. The model's parts that the file must fill (`encoder`, ...).
         wanted: dict. `OriginalArchitecture.model_fields()` of the file (or some of them).
         source: str. The file, for the message.
+        problem: str or None. Why planning failed, for the message.
     """
-    differ = {k: v for k, v in wanted.items() if ours.get(k) != v}
-    if differ:
-        flags = " ".join(f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in wanted.items())
-        raise ConversionError(
-            f"{source} holds another network than the run's flags describe (differing: "
-            + ", ".join(f"{k}={ours.get(k)!r} vs {v!r}" for k, v in differ.items())
-            + f"). Pass its architecture: {flags}"
-        )
+    if problem is None:
+        filled = {id(variable) for variable, _, _ in plan or ()}
+        left = [v.path for part in parts for v in getattr(model, part).weights if id(v) not in filled]
+        if not left:
+            return
+        problem = f"the file has no value for {len(left)} of the model's weights, e.g. {left[0]}"
+    flags = " ".join(f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in wanted.items())
+    raise ConversionError(f"{source} holds another network than the run's flags describe ({problem}). "
+                          f"Pass its architecture: {flags}")

@@ -7,12 +7,17 @@ config describes the same network wherever it is used.
 from __future__ import annotations
 
 from simclr_tf.config import Config
-from simclr_tf.models.simclr import SimCLRModel
+from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.resnet import build_resnet
+from simclr_tf.models.simclr import HEAD_DTYPE, SimCLRModel
 
 
 def build_model(config: Config, num_classes: int, *, encoder=None, fused_batch_norm: bool = True,
-                image_size: int | None = None) -> SimCLRModel:
+                image_size: int | None = None, build: bool = True) -> SimCLRModel:
     """The built `SimCLRModel` a config describes (call inside the strategy's scope).
+
+    The ResNet's shape and the heads come from `config.model`, the loss from `config.loss`, the
+    weight decay of the loss term from `config.optimizer`, the mode from `config.train`.
 
     Args:
         config: Config. Resolved (`config.resolved()`), so the CIFAR stem is decided.
@@ -23,42 +28,46 @@ def build_model(config: Config, num_classes: int, *, encoder=None, fused_batch_n
             Keras' composite layer (False, an experiment of the benchmark). Defaults to True.
         image_size: int or None. Side of the images the model is built for; defaults to the
             config's.
+        build: bool. Create every variable now; False leaves that to the first batch (plain
+            `fit`). Defaults to True.
 
     Returns:
-        A `SimCLRModel` with every variable created.
+        A `SimCLRModel`, with every variable created if `build`.
+
+    Example:
+        ```python
+        config = Config(model=ModelConfig(resnet_depth=50)).resolved()
+        model = build_model(config, num_classes=10)
+        ```
     """
     m = config.model
+    if encoder is None:
+        encoder = build_resnet(
+            m.resnet_depth, m.width_multiplier, cifar_stem=bool(m.cifar_stem), sk_ratio=m.sk_ratio,
+            se_ratio=m.se_ratio, batch_norm_decay=m.batch_norm_decay, global_bn=m.global_bn,
+            fused_batch_norm=fused_batch_norm, name="resnet",
+        )
+    projection_head = ProjectionHead(
+        m.proj_head_mode, m.proj_out_dim, m.num_proj_layers, batch_norm_decay=m.batch_norm_decay,
+        global_bn=m.global_bn, name="projection_head", dtype=HEAD_DTYPE,
+    )
+    supervised_head = SupervisedHead(
+        num_classes, zero_init=m.zero_init_logits_layer, name="head_supervised", dtype=HEAD_DTYPE,
+    ) if num_classes else None
     model = SimCLRModel(
-        encoder=encoder,
-        resnet_depth=m.resnet_depth,
-        width_multiplier=m.width_multiplier,
-        cifar_stem=bool(m.cifar_stem),
-        sk_ratio=m.sk_ratio,
-        se_ratio=m.se_ratio,
-        batch_norm_decay=m.batch_norm_decay,
-        global_bn=m.global_bn,
-        fused_batch_norm=fused_batch_norm,
-        proj_head_mode=m.proj_head_mode,
-        proj_out_dim=m.proj_out_dim,
-        num_proj_layers=m.num_proj_layers,
-        ft_proj_selector=m.ft_proj_selector,
-        num_classes=num_classes,
-        zero_init_logits_layer=m.zero_init_logits_layer,
+        encoder,
+        projection_head,
+        supervised_head,
+        loss_config=config.loss,
         # A distilled student is a fine-tuned network (its head reads the `ft_proj_selector` layer).
         train_mode="finetune" if config.train.train_mode == "distill" else config.train.train_mode,
         lineareval_while_pretraining=config.train.lineareval_while_pretraining,
+        ft_proj_selector=m.ft_proj_selector,
         fine_tune_after_block=config.train.fine_tune_after_block,
-        temperature=config.loss.temperature,
-        hidden_norm=config.loss.hidden_norm,
-        contrastive_loss=config.loss.contrastive_loss,
-        margin=config.loss.margin,
-        semi_hard_negatives=config.loss.semi_hard_negatives,
-        optimizer_name=config.optimizer.optimizer,
         weight_decay=config.optimizer.weight_decay,
-        memory_buffer_size=config.loss.memory_buffer_size,
-        memory_momentum=config.loss.memory_momentum,
         name="simclr",
     )
-    size = image_size or config.image_size
-    model.build((None, size, size, 3))
+    if build:
+        size = image_size or config.image_size
+        model.build((None, size, size, 3))
     return model

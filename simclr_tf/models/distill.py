@@ -15,7 +15,6 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.models.simclr import FEATURE, SimCLRModel, encoder_features
-from simclr_tf.optimizers import LARS, weight_decay_loss
 
 
 def distillation_loss(teacher_logits, student_logits, temperature=1.0):
@@ -206,13 +205,7 @@ class DistillationModel(keras.Model):
         return distill, supervised
 
     def _weight_decay(self):
-        student = self.student
-        optimizer_name = student.optimizer_name
-        if optimizer_name is None:
-            optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-            optimizer_name = "lars" if isinstance(optimizer, LARS) else "momentum"
-        decay = weight_decay_loss(student.trainable_variables, optimizer_name=optimizer_name,
-                                  weight_decay=student.weight_decay, roles=student.variable_roles())
+        decay = self.student.weight_decay_term(self.optimizer)  # the student's, as it would train alone
         self.weight_decay_tracker.update_state(decay)
         return decay
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from simclr_tf.config import PROJ_HEAD_MODES
+from simclr_tf.config import PROJ_HEAD_MODES, ModelConfig
 from simclr_tf.models.batch_norm import check_batch_norm_decay, make_batch_norm
 from simclr_tf.validation import check_one_of, check_positive_int
 
@@ -59,10 +59,11 @@ class ProjectionHead(keras.layers.Layer):
             `"nonlinear"` (an MLP of `num_proj_layers` layers). Defaults to `"nonlinear"`.
         proj_out_dim: int. Width of the projection (the last layer). Defaults to `128`.
         num_proj_layers: int. Number of layers in `"nonlinear"` mode (2 in SimCLRv1, 3 in
-            SimCLRv2); ignored by the other modes. Defaults to `3`.
+            SimCLRv2); ignored by the other modes. Defaults to `2`.
         batch_norm_decay: float. Batch-norm moving-average momentum. Defaults to `0.9`.
         global_bn: bool. Synchronise batch-norm statistics across replicas
-            (`BatchNormalization(synchronized=True)`). Defaults to `False`.
+            (`BatchNormalization(synchronized=True)`; the same as without on one replica).
+            Defaults to `True`.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:
@@ -94,11 +95,11 @@ class ProjectionHead(keras.layers.Layer):
 
     def __init__(
         self,
-        proj_head_mode="nonlinear",
-        proj_out_dim=128,
-        num_proj_layers=3,
-        batch_norm_decay=0.9,
-        global_bn=False,
+        proj_head_mode=ModelConfig.proj_head_mode,  # the defaults are the config's
+        proj_out_dim=ModelConfig.proj_out_dim,
+        num_proj_layers=ModelConfig.num_proj_layers,
+        batch_norm_decay=ModelConfig.batch_norm_decay,
+        global_bn=ModelConfig.global_bn,
         **kwargs,
     ):
         check_one_of("proj_head_mode", proj_head_mode, PROJ_HEAD_MODES)

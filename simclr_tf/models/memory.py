@@ -64,7 +64,8 @@ def check_memory_buffer(size, momentum) -> None:
 class MemoryBuffer(keras.layers.Layer):
     """A momentum copy of encoder and projection head, and a FIFO queue of its keys.
 
-    `SimCLRModel` makes one when given `memory_buffer_size > 0` and drives it in its train step:
+    `SimCLRModel` makes one (copies of its encoder and projection head) when its loss config has
+    `memory_buffer_size > 0`, and drives it in its train step:
     keys of the step's views from the momentum network (before the gradient tape), the loss with
     the queue as extra negatives (`queue`, `mask`), then after the optimizer step `update` (the
     moving average) and `enqueue` (the keys of the step).
@@ -78,7 +79,7 @@ class MemoryBuffer(keras.layers.Layer):
 
     Example:
         ```python
-        model = SimCLRModel(memory_buffer_size=4096, memory_momentum=0.999)  # builds one
+        model = SimCLRModel(encoder, loss_config=LossConfig(memory_buffer_size=4096))  # makes one
         model.memory.queue, model.memory.pointer, model.memory.filled
         ```
     """
@@ -228,8 +229,14 @@ def online_weights(encoder, projection_head) -> list:
     return [*encoder.weights, *projection_head.weights]
 
 
-def copy_of(layer):
-    """A fresh, unbuilt layer of `layer`'s architecture (for a user's encoder)."""
+def copy_of(layer, name=None):
+    """A fresh layer of `layer`'s architecture, with its own weights, named `name` if given."""
     if isinstance(layer, keras.Model):
-        return keras.models.clone_model(layer)
-    return layer.__class__.from_config(layer.get_config())
+        clone = keras.models.clone_model(layer)
+        if name:  # the variable paths of a functional model's layers do not contain its name
+            clone.name = name
+        return clone
+    config = layer.get_config()
+    if name:
+        config["name"] = name
+    return layer.__class__.from_config(config)

@@ -2,207 +2,165 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import keras
 import tensorflow as tf
 from keras import ops
 
-from simclr_tf.config import CONTRASTIVE_LOSSES, TRAIN_MODES
+from simclr_tf.config import LossConfig, ModelConfig, TrainConfig, check_memory_buffer_mode
 from simclr_tf.losses import contrastive_loss as contrastive_loss_of
+from simclr_tf.losses import contrastive_metrics
 from simclr_tf.models.features import FEATURE, encoder_features, image_shape
-from simclr_tf.models.heads import ProjectionHead, SupervisedHead
-from simclr_tf.models.memory import MemoryBuffer, check_memory_buffer, copy_of, online_weights
-from simclr_tf.models.resnet import build_resnet, freeze_up_to_block
+from simclr_tf.models.heads import ProjectionHead
+from simclr_tf.models.memory import MemoryBuffer, copy_of, online_weights
+from simclr_tf.models.resnet import freeze_up_to_block
 from simclr_tf.optimizers import LARS, VariableRoles, weight_decay_loss
+from simclr_tf.validation import check_one_of
 
 # The heads compute in float32 under a mixed policy: bfloat16 blurs NT-Xent's cosine logits; cheap.
 HEAD_DTYPE = "float32"
+MODEL_TRAIN_MODES = ("pretrain", "finetune")  # a distilled student is a fine-tuned network
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class SimCLRModel(keras.Model):
     """SimCLR: an encoder, a projection head, and an optional supervised head.
 
-    The encoder is our ResNet, built from the `resnet_*` arguments, or any Keras model or layer
-    given as `encoder` that maps images to a feature vector (or a feature map, which is
-    average-pooled, or a dict with `final_avg_pool`); the heads size themselves from its output.
-    The model builds itself on the first batch, so plain Keras works:
+    The encoder is any Keras model or layer that maps images to a feature vector (or a feature
+    map, which is average-pooled, or a dict with `final_avg_pool`): our ResNet comes from
+    `simclr_tf.models.build.build_model(config, num_classes)`, which builds the parts a `Config`
+    describes and passes them in. The heads size themselves from the encoder's output. The model
+    builds itself on the first batch, so plain Keras works:
 
     ```python
-    model = SimCLRModel(encoder=keras.applications.ResNet50(weights=None, include_top=False,
-                                                            pooling="avg"))
+    model = SimCLRModel(keras.applications.ResNet50(weights=None, include_top=False, pooling="avg"),
+                        loss_config=LossConfig(temperature=0.1))
     model.compile(optimizer=LARS(WarmupCosineDecay(1.2, 100, 1000), weight_decay=1e-6))
     model.fit(dataset_of_two_views)   # batches of ((view_1, view_2), labels)
     ```
 
     In `pretrain` mode a training batch is `((view_1, view_2), labels)`. Both views go through the
     encoder in ONE pass (concatenated on the batch axis, so batch norm sees both views, as the
-    paper does), then through the projection head into NT-Xent. With `lineareval_while_pretraining`
-    and labels, a linear head learns on `stop_gradient` features at the same time (the original's
-    online linear evaluation); examples labelled -1 (unlabelled) are left out of that loss.
+    paper does), then through the projection head into the contrastive loss. With
+    `lineareval_while_pretraining` and labels, the supervised head learns on `stop_gradient`
+    features at the same time (the original's online linear evaluation); examples labelled -1
+    (unlabelled) are left out of that loss. The contrastive accuracy and entropy are the
+    original's: over each view-1 query's cross-view logits (`simclr_tf.losses.contrastive_metrics`).
 
     In `finetune` mode a batch is `(images, labels)`: the supervised head sits on hidden layer
     `ft_proj_selector` of the projection head (0 = the encoder output) and
     `fine_tune_after_block` freezes the encoder up to a block group; 4 is linear evaluation, where
     only the supervised head trains and every frozen batch norm runs in inference mode.
 
-    Weight decay follows the optimizer (see `simclr_tf.optimizers.weight_decay_loss`): inside LARS
-    for everything but the supervised head, an L2 term in the loss otherwise. Which variables are
-    batch-norm parameters, biases or the supervised head is decided by the layers that own them
-    (`variable_roles()`), and handed to a LARS optimizer when the model is compiled or built.
+    Weight decay follows the compiled optimizer (see `simclr_tf.optimizers.weight_decay_loss`):
+    LARS decays every weight but the supervised head's itself, and the loss gets an L2 term for
+    the supervised head; with another optimizer the L2 term covers every weight. Which variables
+    are batch-norm parameters, biases or the supervised head is decided by the layers that own
+    them (`variable_roles()`), and handed to a LARS optimizer when the model is compiled or built.
 
     Under a `tf.distribute` strategy, Keras sums gradients over replicas, so the loss each replica
     differentiates is divided by the number of replicas: N replicas of batch B then train exactly
-    like one device with batch N*B (NT-Xent gathers its negatives across replicas).
+    like one device with batch N*B (the contrastive loss gathers its negatives across replicas).
 
-    With `memory_buffer_size > 0` (SimCLRv2's memory buffer, pretraining with NT-Xent only), a
+    With `loss_config.memory_buffer_size > 0` (SimCLRv2's memory buffer, NT-Xent pretraining), a
     momentum copy of encoder and projection head (`self.memory`, a `MemoryBuffer`) computes keys
     of each step's views in training mode, outside the gradient tape; the queue of past keys
-    serves as extra negatives in NT-Xent; after the optimizer step the copy moves towards the
-    online weights by `memory_momentum` and the step's keys (gathered from every replica) enter
-    the queue. See `simclr_tf.models.memory`.
+    serves as extra negatives; after the optimizer step the copy moves towards the online weights
+    and the step's keys (gathered from every replica) enter the queue. See
+    `simclr_tf.models.memory`.
 
     Calling the model on images returns a dict of named features: the encoder's outputs
-    (`initial_conv` ... `final_avg_pool`), `proj_head_input`, `proj_head_output` and, with a
-    supervised head, `logits_sup`.
+    (`initial_conv` ... `final_avg_pool` for ours), `proj_head_input`, `proj_head_output` and,
+    with a supervised head, `logits_sup`.
 
     Args:
-        encoder: `keras.layers.Layer` (a `keras.Model` too) or None. The encoder; None builds our
-            ResNet from the arguments below. Defaults to None.
-        resnet_depth, width_multiplier, cifar_stem, sk_ratio, se_ratio, batch_norm_decay,
-            global_bn, fused_batch_norm: our ResNet (see `build_resnet`); `batch_norm_decay` and
-            `global_bn` also configure the projection head.
-        proj_head_mode, proj_out_dim, num_proj_layers: the projection head.
-        ft_proj_selector: int. Projection-head layer that the supervised head reads in fine-tuning.
-        num_classes: int. Classes of the supervised head; 0 for none.
-        zero_init_logits_layer: bool. Zero-initialise the supervised head.
-        train_mode: str. `pretrain` or `finetune`.
+        encoder: `keras.layers.Layer` (a `keras.Model` too). Maps images `(batch_size, height,
+            width, 3)` to features.
+        projection_head: `ProjectionHead` (or a layer returning `(projection, hiddens)`) or None.
+            None makes a `ProjectionHead` of the config's defaults. Defaults to None.
+        supervised_head: `SupervisedHead` (or a layer returning logits) or None for none.
+            Defaults to None.
+        loss_config: `simclr_tf.config.LossConfig` or None. The contrastive loss (temperature,
+            `hidden_norm`, loss, margin, semi-hard negatives, memory buffer); None takes the
+            config's defaults. Defaults to None.
+        train_mode: str. `pretrain` or `finetune`. Defaults to `pretrain`.
         lineareval_while_pretraining: bool. Train the supervised head while pretraining.
-        fine_tune_after_block: int. -1 trains everything; k freezes the stem and groups 1..k.
-        temperature: float. NT-Xent temperature.
-        hidden_norm: bool. L2-normalise projections in NT-Xent.
-        contrastive_loss: str. `nt_xent`, `nt_logistic` or `margin_triplet` (`simclr_tf.losses`).
-        margin: float. The margin of `margin_triplet`.
-        semi_hard_negatives: bool. Semi-hard negative mining in `nt_logistic` / `margin_triplet`.
-        optimizer_name: str or None. `lars`, `momentum` or `adam`; decides where the loss-term
-            weight decay goes. None: `lars` if the compiled optimizer is LARS, else `momentum`.
-        weight_decay: float. L2 weight decay of the loss term (LARS decays the other weights
-            itself, with its own `weight_decay`).
-        memory_buffer_size: int. Keys in the memory buffer's queue; 0 for no buffer. Defaults to
-            0.
-        memory_momentum: float in [0, 1). Moving-average rate of the momentum network. Defaults
-            to `0.999`.
+            Defaults to `True`.
+        ft_proj_selector: int. Projection-head layer that the supervised head reads in
+            fine-tuning. Defaults to `0`.
+        fine_tune_after_block: int. -1 trains everything; k freezes our ResNet's stem and
+            groups 1..k; another encoder takes -1 or 4 (frozen). Defaults to `-1`.
+        weight_decay: float or None. Coefficient of the L2 loss term; None takes a LARS
+            optimizer's `weight_decay` (the original's one number), 0 with other optimizers.
+            Defaults to None.
+        **kwargs: base model arguments (`name`, ...).
     """
 
     def __init__(
         self,
-        encoder=None,
-        resnet_depth=50,
-        width_multiplier=1,
-        cifar_stem=False,
-        sk_ratio=0.0,
-        se_ratio=0.0,
-        batch_norm_decay=0.9,
-        global_bn=False,
-        fused_batch_norm=True,
-        proj_head_mode="nonlinear",
-        proj_out_dim=128,
-        num_proj_layers=3,
-        ft_proj_selector=0,
-        num_classes=0,
-        zero_init_logits_layer=False,
-        train_mode="pretrain",
-        lineareval_while_pretraining=True,
-        fine_tune_after_block=-1,
-        temperature=0.1,
-        hidden_norm=True,
-        contrastive_loss="nt_xent",
-        margin=0.5,
-        semi_hard_negatives=False,
-        optimizer_name=None,
-        weight_decay=0.0,
-        memory_buffer_size=0,
-        memory_momentum=0.999,
+        encoder,
+        projection_head=None,
+        supervised_head=None,
+        loss_config=None,
+        train_mode=TrainConfig.train_mode,
+        lineareval_while_pretraining=TrainConfig.lineareval_while_pretraining,
+        ft_proj_selector=ModelConfig.ft_proj_selector,
+        fine_tune_after_block=TrainConfig.fine_tune_after_block,
+        weight_decay=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if train_mode not in TRAIN_MODES:
-            raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. Received: {train_mode!r}.")
-        if contrastive_loss not in CONTRASTIVE_LOSSES:
-            raise ValueError(f"`contrastive_loss` must be one of {CONTRASTIVE_LOSSES}. "
-                             f"Received: {contrastive_loss!r}.")
-        if semi_hard_negatives and contrastive_loss not in ("nt_logistic", "margin_triplet"):
-            raise ValueError("`semi_hard_negatives` applies to `contrastive_loss` 'nt_logistic' or "
-                             f"'margin_triplet'. Received: contrastive_loss={contrastive_loss!r}.")
-        if encoder is not None and not isinstance(encoder, keras.layers.Layer):
-            raise ValueError(
-                "`encoder` must be a Keras model or layer mapping images (batch_size, height, width, 3) "
-                "to features, e.g. keras.applications.ResNet50(weights=None, include_top=False, "
-                f"pooling='avg'). Received: {type(encoder).__name__}."
-            )
-        if encoder is not None and fine_tune_after_block not in (-1, 4):
+        loss_config = LossConfig() if loss_config is None else loss_config
+        check_one_of("train_mode", train_mode, MODEL_TRAIN_MODES)
+        for name, value in (("encoder", encoder), ("projection_head", projection_head),
+                            ("supervised_head", supervised_head)):
+            if (value is not None or name == "encoder") and not isinstance(value, keras.layers.Layer):
+                raise ValueError(
+                    f"`{name}` must be a Keras model or layer"
+                    + (" mapping images (batch_size, height, width, 3) to features, e.g. "
+                       "keras.applications.ResNet50(weights=None, include_top=False, pooling='avg')"
+                       if name == "encoder" else "") + f". Received: {type(value).__name__}.")
+        if not isinstance(loss_config, LossConfig):
+            raise ValueError("`loss_config` must be a `simclr_tf.config.LossConfig` or None. "
+                             f"Received: {type(loss_config).__name__}.")
+        loss_config.validate()
+        check_memory_buffer_mode(train_mode, loss_config.memory_buffer_size)
+        ours = _has_block_groups(encoder)
+        if not ours and fine_tune_after_block not in (-1, 4):
             raise ValueError(
                 "`fine_tune_after_block` counts our ResNet's block groups; with your own `encoder` "
                 "use -1 (fine-tune everything) or 4 (freeze the encoder: linear evaluation), or "
                 f"freeze its layers yourself. Received: fine_tune_after_block={fine_tune_after_block!r}."
             )
-        if memory_buffer_size:
-            check_memory_buffer(memory_buffer_size, memory_momentum)
-            if train_mode != "pretrain" or contrastive_loss != "nt_xent":
-                raise ValueError(
-                    "The memory buffer adds negatives to NT-Xent while pretraining: it needs "
-                    "`train_mode='pretrain'` and `contrastive_loss='nt_xent'`. Received: "
-                    f"train_mode={train_mode!r}, contrastive_loss={contrastive_loss!r}, "
-                    f"memory_buffer_size={memory_buffer_size!r}. Use memory_buffer_size=0."
-                )
-        if train_mode == "finetune" and not num_classes:
-            raise ValueError(
-                "`train_mode='finetune'` needs labelled data: `num_classes` must be positive. "
-                f"Received: {num_classes!r}."
-            )
-        self.resnet_depth = resnet_depth
-        self.width_multiplier = width_multiplier
-        self.cifar_stem = cifar_stem
-        self.sk_ratio = sk_ratio
-        self.se_ratio = se_ratio
-        self.fused_batch_norm = fused_batch_norm
-        self.batch_norm_decay = batch_norm_decay
-        self.global_bn = global_bn
-        self.proj_head_mode = proj_head_mode
-        self.proj_out_dim = proj_out_dim
-        self.num_proj_layers = num_proj_layers
-        self.ft_proj_selector = ft_proj_selector
-        self.num_classes = num_classes
-        self.zero_init_logits_layer = zero_init_logits_layer
+        if train_mode == "finetune" and supervised_head is None:
+            raise ValueError("`train_mode='finetune'` needs labelled data: a `supervised_head` "
+                             "(`num_classes` > 0). Received: supervised_head=None.")
+        self.loss_config = loss_config
         self.train_mode = train_mode
         self.lineareval_while_pretraining = lineareval_while_pretraining
+        self.ft_proj_selector = ft_proj_selector
         self.fine_tune_after_block = fine_tune_after_block
-        self.temperature = temperature
-        self.hidden_norm = hidden_norm
-        self.contrastive_loss = contrastive_loss
-        self.margin = margin
-        self.semi_hard_negatives = semi_hard_negatives
-        self.optimizer_name = optimizer_name
         self.weight_decay = weight_decay
-        self.memory_buffer_size = memory_buffer_size
-        self.memory_momentum = memory_momentum
 
-        self.custom_encoder = encoder is not None
-        self.encoder = encoder if encoder is not None else self._our_encoder("resnet")
-        self.projection_head = self._projection_head("projection_head")
+        self.encoder = encoder
+        if projection_head is None:
+            projection_head = ProjectionHead(name="projection_head", dtype=HEAD_DTYPE)
+        self.projection_head = projection_head
         self.memory = None
-        if memory_buffer_size:  # the momentum network: the same architecture, its own weights
+        if loss_config.memory_buffer_size:  # the momentum network: the same architecture, its own weights
             self.memory = MemoryBuffer(
-                copy_of(encoder) if self.custom_encoder else self._our_encoder("momentum_resnet"),
-                self._projection_head("momentum_projection_head"), size=memory_buffer_size,
-                momentum=memory_momentum, name="memory_buffer")
-        self.supervised_head = SupervisedHead(
-            num_classes, zero_init=zero_init_logits_layer, name="head_supervised", dtype=HEAD_DTYPE,
-        ) if num_classes else None
+                copy_of(encoder, name=f"momentum_{encoder.name}"),
+                copy_of(projection_head, name=f"momentum_{projection_head.name}"),
+                size=loss_config.memory_buffer_size, momentum=loss_config.memory_momentum,
+                name="memory_buffer")
+        self.supervised_head = supervised_head
         if train_mode == "finetune":
-            if self.custom_encoder:
-                self.encoder.trainable = fine_tune_after_block < 4
-            else:
+            if ours:
                 freeze_up_to_block(self.encoder, fine_tune_after_block)
+            else:
+                self.encoder.trainable = fine_tune_after_block < 4
 
         self.contrastive_loss_tracker = keras.metrics.Mean(name="contrastive_loss")
         self.contrastive_accuracy = keras.metrics.Mean(name="contrastive_acc")
@@ -214,19 +172,10 @@ class SimCLRModel(keras.Model):
         self.learning_rate_tracker = keras.metrics.Mean(name="learning_rate")
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
 
-    def _our_encoder(self, name):
-        return build_resnet(
-            self.resnet_depth, self.width_multiplier, cifar_stem=self.cifar_stem, sk_ratio=self.sk_ratio,
-            se_ratio=self.se_ratio, batch_norm_decay=self.batch_norm_decay, global_bn=self.global_bn,
-            fused_batch_norm=self.fused_batch_norm, name=name,
-        )
-
-    def _projection_head(self, name):
-        return ProjectionHead(
-            proj_head_mode=self.proj_head_mode, proj_out_dim=self.proj_out_dim,
-            num_proj_layers=self.num_proj_layers, batch_norm_decay=self.batch_norm_decay,
-            global_bn=self.global_bn, name=name, dtype=HEAD_DTYPE,
-        )
+    @property
+    def num_classes(self) -> int:
+        """Classes of the supervised head; 0 without one."""
+        return getattr(self.supervised_head, "num_classes", 0) if self.supervised_head is not None else 0
 
     # --- forward ------------------------------------------------------------------------------
 
@@ -239,7 +188,7 @@ class SimCLRModel(keras.Model):
             raise ValueError(
                 f"The encoder's `{FEATURE}` must have shape (batch_size, dim). Received: {h.shape}.")
         _, hiddens = self.projection_head(h)
-        if self.supervised_head is not None:
+        if self.supervised_head is not None and not self.supervised_head.built:  # given built, or not
             self.supervised_head.build(self._supervised_head_input(h, hiddens).shape)
         if self.memory is not None:  # the momentum network, equal to the online one, and the queue
             self.memory.build_like(self.encoder, self.projection_head, image_shape(input_shape))
@@ -330,18 +279,17 @@ class SimCLRModel(keras.Model):
             z, _ = self.projection_head(h, training=training)
             z_1, z_2 = z[:batch_size], z[batch_size:]
             memory = self.memory is not None and training
+            c = self.loss_config
             loss, logits_ab, labels_ab = contrastive_loss_of(
-                self.contrastive_loss, z_1, z_2, temperature=self.temperature,
-                normalize=self.hidden_norm, margin=self.margin,
-                semi_hard_negatives=self.semi_hard_negatives,
+                c.contrastive_loss, z_1, z_2, temperature=c.temperature, normalize=c.hidden_norm,
+                margin=c.margin, semi_hard_negatives=c.semi_hard_negatives,
                 memory=self.memory.queue if memory else None,
                 memory_mask=self.memory.mask() if memory else None,
             )
             self.contrastive_loss_tracker.update_state(loss)
-            hit = tf.equal(tf.argmax(logits_ab, axis=1), tf.argmax(labels_ab, axis=1))
-            self.contrastive_accuracy.update_state(tf.cast(hit, tf.float32))
-            probabilities = tf.nn.softmax(logits_ab, axis=-1)
-            entropy = -tf.reduce_sum(probabilities * tf.math.log(probabilities + 1e-8), axis=-1)
+            hit, entropy = contrastive_metrics(logits_ab, labels_ab,
+                                               memory_size=self.memory.size if memory else 0)
+            self.contrastive_accuracy.update_state(hit)
             self.contrastive_entropy.update_state(entropy)
             total += loss
             if self.supervised_head is not None and self.lineareval_while_pretraining:
@@ -357,17 +305,19 @@ class SimCLRModel(keras.Model):
             total += self._supervised_loss(labels, logits)
         return total
 
+    def weight_decay_term(self, optimizer):
+        """The L2 term of the loss under `optimizer` (see `simclr_tf.optimizers.weight_decay_loss`):
+        LARS decays the other weights itself, so with LARS only the supervised head's."""
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
+        lars = isinstance(optimizer, LARS)
+        weight_decay = self.weight_decay
+        if weight_decay is None:
+            weight_decay = optimizer.weight_decay if lars else 0.0
+        return weight_decay_loss(self.trainable_variables, optimizer_name="lars" if lars else "momentum",
+                                 weight_decay=weight_decay, roles=self.variable_roles())
+
     def _weight_decay(self):
-        optimizer_name = self.optimizer_name
-        if optimizer_name is None:
-            optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-            optimizer_name = "lars" if isinstance(optimizer, LARS) else "momentum"
-        decay = weight_decay_loss(
-            self.trainable_variables,
-            optimizer_name=optimizer_name,
-            weight_decay=self.weight_decay,
-            roles=self.variable_roles(),
-        )
+        decay = self.weight_decay_term(self.optimizer)
         self.weight_decay_tracker.update_state(decay)
         return decay
 
@@ -392,7 +342,7 @@ class SimCLRModel(keras.Model):
         keys = None
         if self.memory is not None:  # the momentum network's keys, before the tape: nothing recorded
             self.memory.copy_once(online_weights(self.encoder, self.projection_head))
-            keys = self.memory.keys(data[0], normalize=self.hidden_norm)
+            keys = self.memory.keys(data[0], normalize=self.loss_config.hidden_norm)
         with tf.GradientTape() as tape:
             loss = self._forward_losses(data, training=True) + self._weight_decay()
             self.total_loss_tracker.update_state(loss)
@@ -417,7 +367,7 @@ class SimCLRModel(keras.Model):
         if not self.built:
             self.build(tuple(x.shape))
         if self.supervised_head is None:
-            raise ValueError("Evaluation needs a supervised head: the model has `num_classes=0`.")
+            raise ValueError("Evaluation needs a supervised head: the model has none (`num_classes=0`).")
         logits = self.supervised_head(self.supervised_head_input(x), training=False)
         loss = self._supervised_loss(labels, logits)
         self.total_loss_tracker.update_state(loss)
@@ -428,21 +378,27 @@ class SimCLRModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update({name: getattr(self, name) for name in (
-            "resnet_depth", "width_multiplier", "cifar_stem", "sk_ratio", "se_ratio",
-            "batch_norm_decay", "global_bn", "fused_batch_norm", "proj_head_mode",
-            "proj_out_dim", "num_proj_layers", "ft_proj_selector", "num_classes",
-            "zero_init_logits_layer", "train_mode", "lineareval_while_pretraining",
-            "fine_tune_after_block", "temperature", "hidden_norm", "contrastive_loss",
-            "margin", "semi_hard_negatives", "optimizer_name",
-            "weight_decay", "memory_buffer_size", "memory_momentum",
-        )})
-        # A user's encoder serialises through Keras' own mechanism; ours from the arguments above.
-        config["encoder"] = keras.saving.serialize_keras_object(self.encoder) if self.custom_encoder else None
+            "train_mode", "lineareval_while_pretraining", "ft_proj_selector", "fine_tune_after_block",
+            "weight_decay")})
+        config["loss_config"] = dataclasses.asdict(self.loss_config)
+        for name in ("encoder", "projection_head", "supervised_head"):
+            part = getattr(self, name)
+            config[name] = None if part is None else keras.saving.serialize_keras_object(part)
+            if part is not None:  # the model's `build` builds its parts, in its name scope, as at first
+                config[name].pop("build_config", None)
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if config.get("encoder") is not None:
-            config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config = copy.deepcopy(config)  # Keras' deserialisation empties the dicts it reads
+        config["loss_config"] = LossConfig(**config["loss_config"])
+        for name in ("encoder", "projection_head", "supervised_head"):
+            if config.get(name) is not None:
+                config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
+
+
+def _has_block_groups(encoder) -> bool:
+    """Whether `encoder` is our ResNet (`build_resnet`), whose stem and block groups can freeze."""
+    return isinstance(encoder, keras.Model) and any(
+        layer.name.startswith("stem_") for layer in getattr(encoder, "layers", ()))
