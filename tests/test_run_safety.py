@@ -232,23 +232,41 @@ def test_unreadable_folders_as_root_see_them(tmp_path, monkeypatch, caplog):
 # --- SIGTERM and Ctrl-C outside the training loop -------------------------------------------------
 
 def _stop_when(command, ready, signum, tmp_path, timeout=300):
-    """Starts `command`, sends `signum` once `ready(stdout so far)` holds; returns (rc, stdout, stderr)."""
+    """Starts `command`, sends `signum` once `ready(stdout so far)` holds; returns (rc, stdout, stderr).
+
+    The output is read line by line from a pipe, so a signal meant for the moment a line says
+    goes right after that line; `ready` is also asked every 20 ms, for conditions on files.
+    """
+    import threading
     import time
 
-    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        process = subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=out, stderr=err)
+    err_path = tmp_path / "stderr.txt"
+    lines, arrived = [], threading.Condition()
+    with open(err_path, "w") as err:
+        process = subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
+                                   text=True)
+
+        def read():
+            for line in process.stdout:
+                with arrived:
+                    lines.append(line)
+                    arrived.notify_all()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         try:
             deadline = time.time() + timeout
-            while not ready(out_path.read_text()):
-                assert process.poll() is None, f"ended before the signal: {err_path.read_text()[-3000:]}"
-                assert time.time() < deadline, "timed out"
-                time.sleep(0.02)
+            with arrived:
+                while not ready("".join(lines)):
+                    assert process.poll() is None, f"ended before the signal: {err_path.read_text()[-3000:]}"
+                    assert time.time() < deadline, "timed out"
+                    arrived.wait(0.02)
             process.send_signal(signum)
             process.wait(timeout=120)
+            reader.join(timeout=30)
         finally:
             process.kill()
-    return process.returncode, out_path.read_text(), err_path.read_text()
+    return process.returncode, "".join(lines), err_path.read_text()
 
 
 def _assert_one_clean_line(returncode, stderr, signum):
@@ -301,22 +319,91 @@ def test_sigint_during_the_export_removes_the_partial_export(tmp_path):
 
 
 def test_sigterm_while_the_data_is_prepared_ends_cleanly(tmp_path):
+    """The signal goes when the run says it prepares the data (8,000 synthetic images: a second or
+    more of NumPy). Once a signal lost in a TensorFlow finalizer trained all 50 steps (exit 0), and
+    one whose exception TensorFlow replaced by its own ended with exit 1 after a dump of the images;
+    now, wherever it lands before training, the run ends with 143, one line, before its first step."""
     import signal
 
     model_dir = tmp_path / "run"
-    started = [False]
-
-    def holding_the_lock(_):
-        try:
-            with open(model_dir / ".run.lock") as f:
-                started[0] = started[0] or bool(f.read())
-        except FileNotFoundError:
-            pass
-        return started[0]
-
-    returncode, stdout, stderr = _stop_when(_train_command(model_dir, steps=50), holding_the_lock,
+    command = [c for c in _train_command(model_dir, steps=50) if not c.startswith("--synthetic_examples")]
+    command.append("--synthetic_examples=8000")
+    returncode, stdout, stderr = _stop_when(command, lambda out: "Preparing the data: synthetic." in out,
                                             signal.SIGTERM, tmp_path)
     _assert_one_clean_line(returncode, stderr, signal.SIGTERM)
     assert "step " not in stdout  # stopped before training began
+    assert not [n for n in os.listdir(model_dir) if n.startswith("ckpt")]
+    assert not os.path.exists(model_dir / "result.json")
     with open(model_dir / ".run.lock") as f:
-        assert f.read() == ""
+        assert f.read() == ""  # released
+
+
+# --- a signal whose exception is lost or replaced on the way still ends the run -------------------
+
+def test_a_signal_lost_in_a_finalizer_is_raised_again_at_the_next_check(monkeypatch):
+    """Python runs a signal handler wherever the main thread is; inside a finalizer its exception is
+    printed and dropped (as in TensorFlow's `__del__`s): `check()` raises it again, and nothing is
+    printed meanwhile (the run's one line stays one)."""
+    import signal
+    import sys
+
+    from simclr_tf.interrupts import Terminated, check, received, signals_as_exceptions
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the finalizer
+
+    class FailsWhileCollected:
+        def __del__(self):
+            raise ValueError("another error in a finalizer")
+
+    unraisable = []
+
+    def record(hook_args):
+        unraisable.append(hook_args.exc_value)
+
+    monkeypatch.setattr(sys, "unraisablehook", record)
+    with signals_as_exceptions():
+        check()  # nothing received: nothing raised
+        SignalledWhileCollected()  # collected at once; its Terminated is "ignored" by Python
+        assert received() == signal.SIGTERM
+        with pytest.raises(Terminated) as again:
+            check()
+        assert again.value.signum == signal.SIGTERM
+        assert unraisable == []  # the lost one was not printed
+        FailsWhileCollected()
+        assert [type(error) for error in unraisable] == [ValueError]  # other ones are, as before
+    assert sys.unraisablehook is record and received() is None
+    check()  # outside a block: nothing
+
+
+def test_an_error_that_replaced_a_signal_becomes_the_signal_again():
+    """C++ code that called back into Python when the handler ran may raise an error of its own (a
+    ValueError about the array it was converting); `signal_first` gives the signal back."""
+    import signal
+
+    from simclr_tf.interrupts import signal_first, signals_as_exceptions
+
+    def convert(array):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except BaseException:
+            raise ValueError(f"Failed to convert a NumPy array to a Tensor: {array}") from None
+
+    with signals_as_exceptions():
+        with pytest.raises(KeyboardInterrupt) as stopped, signal_first():
+            convert([[12, 34]])
+    assert isinstance(stopped.value.__cause__, ValueError)
+    with signals_as_exceptions(), pytest.raises(ValueError, match="no signal"), signal_first():
+        raise ValueError("no signal: the error stays")
+
+
+def test_terminated_survives_being_rebuilt_from_its_args():
+    """Libraries that wrap an error rebuild it as `type(error)(*error.args)`."""
+    import signal
+
+    from simclr_tf.interrupts import Terminated, exit_code, signal_name
+
+    rebuilt = Terminated(*Terminated(signal.SIGTERM).args)
+    assert (rebuilt.signum, exit_code(rebuilt), signal_name(rebuilt), str(rebuilt)) == (
+        signal.SIGTERM, 143, "SIGTERM", "SIGTERM")

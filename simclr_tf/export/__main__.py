@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from simclr_tf.interrupts import Terminated, exit_code, signal_name, signals_as_exceptions
+from simclr_tf.console import show_library_logs
+from simclr_tf.interrupts import Terminated, exit_code, signal_first, signal_name, signals_as_exceptions
 
 
 def main(argv=None) -> int:
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=int, default=5, help="Exports kept (default 5; 0 keeps all).")
     parser.add_argument("--no_heads", action="store_true", help="Export the encoder features only.")
     args = parser.parse_args(argv)
+    show_library_logs()  # e.g. a truncated newest checkpoint skipped for the one before
     # SIGTERM and Ctrl-C unwind as exceptions: the partial export is removed on the way out.
     with signals_as_exceptions():
         try:
@@ -45,24 +47,27 @@ def _export(args) -> int:
     from simclr_tf.models.build import build_model
 
     try:
-        config = load_config(args.model_dir).resolved()
-        prefix = checkpoints.resolve_checkpoint(args.checkpoint or args.model_dir)
-        num_classes = checkpoints.checkpoint_num_classes(prefix)
-        model = build_model(config, num_classes)
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+        with signal_first():  # a SIGTERM that TensorFlow turned into an error of its own stays one
+            config = load_config(args.model_dir).resolved()
+            prefix = checkpoints.resolve_checkpoint(args.checkpoint or args.model_dir)
+            num_classes = checkpoints.checkpoint_num_classes(prefix)
+            model = build_model(config, num_classes)
+            restored = tf.train.Checkpoint(model=model).restore(prefix)
+            restored.expect_partial().assert_existing_objects_matched()
     except (FileNotFoundError, ConfigError, ValueError, AssertionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     step = checkpoints.step_of(prefix)
     try:
-        written = export_model(
-            model,
-            args.export_dir or os.path.join(args.model_dir, "saved_model"),
-            step=step,
-            keep=args.keep,
-            image_size=config.image_size,
-            include_heads=not args.no_heads,
-        )
+        with signal_first():
+            written = export_model(
+                model,
+                args.export_dir or os.path.join(args.model_dir, "saved_model"),
+                step=step,
+                keep=args.keep,
+                image_size=config.image_size,
+                include_heads=not args.no_heads,
+            )
     except OSError as error:  # a folder of the user's in the way, a full disk
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@ progress, kNN."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -13,10 +14,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import checkpoints
+from simclr_tf import checkpoints, interrupts
 from simclr_tf.config import Config
 from simclr_tf.evaluation import KNNMonitor
 from simclr_tf.training import inputs
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -134,6 +137,9 @@ class SignalStop:
         self.received = signum
 
     def __enter__(self):
+        # A signal that came before (while the data was prepared) and whose exception was lost
+        # on the way (see `interrupts`) stops the run here, before its first step.
+        interrupts.check()
         if self.enabled:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -275,7 +281,7 @@ class StepLogger(keras.callbacks.Callback):
         speed = ""
         if self.batch_size and elapsed > 0:
             speed = f", {done * self.batch_size / elapsed:.1f} images/s"
-        print(f"step {step}/{self.total_steps} ({elapsed:.0f}s, eta {eta:.0f}s{speed}): {shown}", flush=True)
+        log.info(f"step {step}/{self.total_steps} ({elapsed:.0f}s, eta {eta:.0f}s{speed}): {shown}")
 
 
 def knn_monitor(config: Config, splits: inputs.DataSplits, log_dir: str):

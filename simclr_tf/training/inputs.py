@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import numpy as np
 
 from simclr_tf.config import Config, DataConfig
 from simclr_tf.data import pipeline, sources
 from simclr_tf.distribute import distribute_dataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,11 @@ def data_splits(config: Config) -> DataSplits:
 
 @functools.lru_cache(maxsize=4)
 def _data_splits(data: DataConfig, image_size: int, seed: int) -> DataSplits:
+    # Said before the work: a long preparation (a TFDS download, a scan of a big folder) shows what
+    # the run is doing, and tests know when a signal arrives during it.
+    log.info("Preparing the data: %s.",
+             f"folder {data.image_dir}" if data.dataset == "folder" else data.dataset)
+
     def load(split, image_dir=None, class_names=None):
         return sources.load_source(
             data.dataset, split, data_dir=data.data_dir, download=data.download,
@@ -75,9 +83,9 @@ def _data_splits(data: DataConfig, image_size: int, seed: int) -> DataSplits:
         try:
             evaluation, eval_name = load(data.eval_split), f"{data.dataset}:{data.eval_split}"
         except sources.SplitNotFoundError as error:
-            print(f"No evaluation split: {error}", flush=True)
+            log.info(f"No evaluation split: {error}")
     if evaluation is not None and evaluation.num_classes <= 0:
-        print(f"The evaluation images {eval_name} have no labels.", flush=True)
+        log.warning(f"The evaluation images {eval_name} have no labels.")
         evaluation = None
     if evaluation is None and train.num_classes > 0:
         rest, held_out = sources.held_out_split(sources.source_labels(train), fraction=data.eval_fraction,
@@ -86,10 +94,10 @@ def _data_splits(data: DataConfig, image_size: int, seed: int) -> DataSplits:
             evaluation = sources.subset_source(train, held_out)
             eval_name = f"{train.name} held-out {data.eval_fraction:.0%} (per class, seed {seed})"
             train = sources.subset_source(train, rest)
-            print(f"No evaluation split: evaluating on {len(held_out)} images of {eval_name}, which no "
-                  "phase trains on.", flush=True)
+            log.info(f"No evaluation split: evaluating on {len(held_out)} images of {eval_name}, which no "
+                     "phase trains on.")
     if evaluation is None:
-        print(NO_LABELS, flush=True)
+        log.info(NO_LABELS)
     return DataSplits(train=train, eval=evaluation, eval_name=eval_name,
                       num_classes=max(train.num_classes, 0))
 
@@ -108,7 +116,7 @@ def labelled_subset(config: Config, source: sources.Source) -> sources.Source:
     )
     how = (f"{data.train_labels_per_class} per class" if data.train_labels_per_class
            else f"fraction {data.train_label_fraction}")
-    print(f"Using {len(indices)} labelled training images ({how}).", flush=True)
+    log.info(f"Using {len(indices)} labelled training images ({how}).")
     return sources.subset_source(source, indices)
 
 

@@ -13,7 +13,7 @@ import os
 import keras
 import tensorflow as tf
 
-from simclr_tf import checkpoints, export
+from simclr_tf import checkpoints, export, interrupts
 from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
 from simclr_tf.models.conv import conv_gradients_for
@@ -57,7 +57,9 @@ def train(config: Config, strategy=None) -> dict:
     prepare_model_dir(train_config.model_dir)
     # One writer per model_dir: the chief holds the lock (other workers write only scratch files).
     lock = model_dir_lock(train_config.model_dir) if is_chief(strategy) else contextlib.nullcontext()
-    with lock:
+    # Under the CLI's `signals_as_exceptions`, a SIGTERM whose exception TensorFlow replaced with an
+    # error of its own still ends the run as a SIGTERM.
+    with interrupts.signal_first(), lock:
         if is_chief(strategy):
             clean_leftovers(train_config.model_dir)
         return _locked(config, strategy)
@@ -122,6 +124,7 @@ def _run(config: Config, strategy, hardware: dict) -> dict:
         results.update(fitted["summary"])
         wait_for_all_workers(strategy)  # the chief's last checkpoint is complete: others may read it
     accuracies = []
+    interrupts.check()  # a signal whose exception was lost on the way ends the run here
     if train_config.mode in ("eval", "train_then_eval"):
         evaluated = phases.evaluate(config, strategy, model)
         results.update(evaluated)
@@ -131,6 +134,7 @@ def _run(config: Config, strategy, hardware: dict) -> dict:
                                         evaluated["eval_top5"]))
     if (train_config.mode == "train_then_eval" and train_config.train_mode == "pretrain"
             and train_config.linear_eval_epochs > 0 and model is not None):
+        interrupts.check()
         numbers = linear_eval.linear_evaluation(config, strategy, model)
         results.update(numbers)
         if "linear_eval_top1" in numbers:
@@ -147,6 +151,7 @@ def _run(config: Config, strategy, hardware: dict) -> dict:
     results["accuracies"] = accuracies
     if model is not None:
         results["weights_sha256"] = checkpoints.weights_fingerprint(model)
+    interrupts.check()
     if model is not None and chief:
         results["exported"] = export.export_model(
             model,
@@ -158,6 +163,7 @@ def _run(config: Config, strategy, hardware: dict) -> dict:
     results["model_dir"] = train_config.model_dir
     results["checkpoint"] = tf.train.latest_checkpoint(train_config.model_dir)
     results["logs"] = os.path.join(train_config.model_dir, "logs")
+    interrupts.check()  # result.json says the run finished: not after a signal
     if chief:
         write_result(train_config.model_dir, results)
     wait_for_all_workers(strategy)  # no worker leaves the cluster while the chief still exports
