@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "ckpt"
 
@@ -103,13 +106,13 @@ class CheckpointSaver:
 
         A newer checkpoint that is missing or unreadable is reported (one line) and skipped.
         """
-        for latest in intact_checkpoints(self.directory, report=print):
+        for latest in intact_checkpoints(self.directory, report=log.warning):
             try:
                 return self._restore(latest, model_only=model_only)
             except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError,
                     IndexError) as error:  # corrupt data the size check could not see
-                print(f"The checkpoint {latest} is unreadable ({_first_line(error)}): trying an "
-                      "older one.", flush=True)
+                log.warning(f"The checkpoint {latest} is unreadable ({_first_line(error)}): trying an "
+                            "older one.")
         return 0
 
     def _restore(self, latest: str, *, model_only: bool) -> int:
@@ -255,7 +258,7 @@ def _parts_checkpoint(model, *, with_supervised_head):
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
     if os.path.isdir(path):
-        latest = latest_checkpoint(path, report=print)
+        latest = latest_checkpoint(path, report=log.warning)
         if latest is None:
             raise FileNotFoundError(
                 f"No checkpoint found in the directory {path!r}: it should hold `ckpt-<step>.index` "

@@ -15,11 +15,14 @@ References:
 
 from __future__ import annotations
 
+import logging
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 
 def extract_features(encoder, dataset, *, feature="final_avg_pool"):
@@ -257,4 +260,4 @@ class KNNMonitor(keras.callbacks.Callback):
             with self.writer.as_default():
                 tf.summary.scalar("knn_top1", accuracy, step=int(self.model.optimizer.iterations.numpy()))
             self.writer.flush()
-        print(f"epoch {epoch + 1}: kNN top-1 {accuracy:.2%}", flush=True)
+        log.info(f"epoch {epoch + 1}: kNN top-1 {accuracy:.2%}")

@@ -37,10 +37,11 @@ def _config(image_dir, model_dir, **train):
     )
 
 
-def test_an_unlabelled_folder_pretrains_exports_and_says_why_there_is_no_accuracy(tmp_path, capsys):
+def test_an_unlabelled_folder_pretrains_exports_and_says_why_there_is_no_accuracy(tmp_path, caplog):
     _write_digits(tmp_path / "images", 40)
-    results = train(_config(tmp_path / "images", tmp_path / "run"))
-    out = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="simclr_tf"):
+        results = train(_config(tmp_path / "images", tmp_path / "run"))
+    out = caplog.text
     assert out.count("no labels: evaluation, linear evaluation and the kNN monitor are skipped") == 1
     assert "using batches of 40" in out  # the default batch (128) is capped at the 40 images
     assert results["accuracies"] == [] and "eval_top1" not in results

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from simclr_tf.console import show_library_logs
+
 
 def main(argv=None) -> int:
     """`python -m simclr_tf.convert SOURCE --model_dir OUT`."""
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
                              "tell (SimCLRv2 models fine-tuned from the head's middle: 1).")
     parser.add_argument("--no_export", action="store_true", help="Skip the SavedModel/.keras export.")
     args = parser.parse_args(argv)
+    show_library_logs()  # what the library says while it converts (a skipped checkpoint, say)
 
     # TensorFlow is imported only now, after the arguments were checked.
     from simclr_tf.config import ConfigError

@@ -10,6 +10,7 @@ evaluates it like one, and a resumed distillation loads the teacher again from `
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -22,6 +23,8 @@ from simclr_tf.data import sources
 from simclr_tf.distribute import is_multi_worker, work_around_keras_multi_worker
 from simclr_tf.models.build import build_model
 from simclr_tf.models.distill import DistillationModel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["distillation_model", "distillation_source", "load_teacher", "teacher_config"]
 
@@ -45,8 +48,8 @@ def teacher_config(path: str) -> tuple[Config, int]:
         arch, _ = convert.read_architecture(convert.OriginalCheckpoint(path))
         config, num_classes = config_for(arch, model_dir=path), arch.num_classes
         for note in arch.notes:  # e.g. which projection layer a fine-tuned head reads is ambiguous
-            print(f"Teacher {path}: {note} (to choose, convert it first: python -m simclr_tf.convert "
-                  f"{path} --model_dir=<dir> --ft_proj_selector=1, and pass --teacher=<dir>).", flush=True)
+            log.warning(f"Teacher {path}: {note} (to choose, convert it first: python -m simclr_tf.convert "
+                        f"{path} --model_dir=<dir> --ft_proj_selector=1, and pass --teacher=<dir>).")
     else:
         prefix = checkpoints.resolve_checkpoint(path)
         run_dir = path if os.path.isdir(path) else os.path.dirname(prefix)
@@ -91,8 +94,8 @@ def load_teacher(config: Config, strategy, data_num_classes: int):
     with strategy.scope():
         teacher = build_model(teacher_cfg, num_classes, image_size=config.image_size)
     convert.restore_pretrained(teacher, path, train_mode="eval")
-    print(f"Teacher: {path} (ResNet-{teacher_cfg.model.resnet_depth} {teacher_cfg.model.width_multiplier}x, "
-          f"{num_classes} classes), frozen.", flush=True)
+    log.info(f"Teacher: {path} (ResNet-{teacher_cfg.model.resnet_depth} "
+             f"{teacher_cfg.model.width_multiplier}x, {num_classes} classes), frozen.")
     return teacher
 
 
@@ -129,7 +132,7 @@ def distillation_source(config: Config, splits) -> sources.Source:
     )]
     masked = np.full_like(labels, -1)
     masked[kept] = labels[kept]
-    print(f"Distilling on {source.num_examples} images, {len(kept)} of them labelled.", flush=True)
+    log.info(f"Distilling on {source.num_examples} images, {len(kept)} of them labelled.")
 
     def relabelled(dataset, new_labels):
         pairs = tf.data.Dataset.zip(dataset, tf.data.Dataset.from_tensor_slices(new_labels))

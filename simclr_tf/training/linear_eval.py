@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 import time
 
@@ -29,6 +30,8 @@ from simclr_tf.config import Config, save_config
 from simclr_tf.distribute import is_chief, wait_for_all_workers
 from simclr_tf.training import inputs, phases, pictures
 from simclr_tf.training.run_dir import prepare_model_dir, write_json, write_result
+
+log = logging.getLogger(__name__)
 
 ENCODER_FILE = "encoder.json"  # which encoder the linear head in `<model_dir>/linear_eval` is for
 
@@ -83,7 +86,7 @@ def linear_evaluation(config: Config, strategy, model) -> dict:
         return {}  # no labels: said once where the splits were made
     protocol = config.linear_eval_protocol
     out_dir = os.path.join(config.train.model_dir, "linear_eval")
-    print(f"Linear evaluation ({PROTOCOL_NAMES[protocol]}) on {splits.eval_name}, into {out_dir}", flush=True)
+    log.info(f"Linear evaluation ({PROTOCOL_NAMES[protocol]}) on {splits.eval_name}, into {out_dir}")
     prepare_model_dir(out_dir)
     started = time.time()
     if protocol == "logistic":
@@ -176,9 +179,9 @@ def _start_over_if_encoder_changed(out_dir: str, model) -> None:
     except (OSError, ValueError):
         previous = {}
     if previous.get("encoder_sha256") != current["encoder_sha256"] and checkpoints.latest_checkpoint(out_dir):
-        print(f"The encoder changed since the last linear evaluation (step "
-              f"{previous.get('encoder_step', '?')} -> {current['encoder_step']}): training a new "
-              "linear head.", flush=True)
+        log.info(f"The encoder changed since the last linear evaluation (step "
+                 f"{previous.get('encoder_step', '?')} -> {current['encoder_step']}): training a new "
+                 "linear head.")
         stale = glob.glob(os.path.join(glob.escape(out_dir), "ckpt-*"))
         stale.append(os.path.join(out_dir, "checkpoint"))
         for stale_file in stale:

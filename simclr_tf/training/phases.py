@@ -6,6 +6,7 @@ Each phase takes the typed `Config` and a strategy and returns its numbers; `loo
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -29,6 +30,8 @@ from simclr_tf.schedules import WarmupCosineDecay, compute_schedule
 from simclr_tf.training import callbacks as cbs
 from simclr_tf.training import distill, head_init, inputs
 from simclr_tf.training.callbacks import TrainingDiverged
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TrainingDiverged", "build_for_training", "evaluate", "fit"]
 
@@ -118,8 +121,8 @@ def fit(config: Config, strategy) -> dict:
                 f"({replicas}): every replica needs at least one image per step. Use more images or "
                 "fewer devices."
             )
-        print(f"`train_batch_size` ({train.train_batch_size}) is larger than the {num_examples} training "
-              f"images of {source.name}: using batches of {batch}.", flush=True)
+        log.warning(f"`train_batch_size` ({train.train_batch_size}) is larger than the {num_examples} "
+                    f"training images of {source.name}: using batches of {batch}.")
         train = dataclasses.replace(train, train_batch_size=batch)
         config = dataclasses.replace(config, train=train)
     check_batch_divisible(train.train_batch_size, strategy.num_replicas_in_sync)
@@ -144,18 +147,18 @@ def fit(config: Config, strategy) -> dict:
     start_step = saver.restore_latest()
     if start_step == 0 and train.init_checkpoint:
         convert.restore_pretrained(model, train.init_checkpoint, train_mode=train.train_mode)
-        print(f"Initialised from the checkpoint {train.init_checkpoint}.", flush=True)
+        log.info(f"Initialised from the checkpoint {train.init_checkpoint}.")
     if start_step == 0 and train.ft_head_init == "linear_probe":
         with strategy.scope():
             top1 = head_init.init_head_from_probe(model, source, image_size=config.image_size,
                                                   batch_size=config.train.eval_batch_size, seed=train.seed)
-        print(f"Supervised head initialised by a linear probe on the frozen features of the "
-              f"{num_examples} labelled training images (--ft_head_init=linear_probe; its top-1 on "
-              f"those training images: {top1:.2%}).", flush=True)
+        log.info(f"Supervised head initialised by a linear probe on the frozen features of the "
+                 f"{num_examples} labelled training images (--ft_head_init=linear_probe; its top-1 on "
+                 f"those training images: {top1:.2%}).")
     elif start_step == 0 and train.train_mode == "finetune":
-        print(finetune_start_note(train.init_checkpoint), flush=True)
+        log.info(finetune_start_note(train.init_checkpoint))
     if start_step:
-        print(f"Resuming from {saver.latest} at step {start_step}.", flush=True)
+        log.info(f"Resuming from {saver.latest} at step {start_step}.")
 
     total_steps = schedule.total_steps
     steps_per_epoch = schedule.steps_per_epoch
@@ -169,7 +172,7 @@ def fit(config: Config, strategy) -> dict:
         "num_train_examples": num_examples,
     }
     if start_step >= total_steps:
-        print(f"Training already finished: step {start_step} of {total_steps}.", flush=True)
+        log.info(f"Training already finished: step {start_step} of {total_steps}.")
         summary.update(train_steps_done=start_step, stopped_by=None)
         return {"model": model, "summary": summary, "history": {}}
 
@@ -183,8 +186,8 @@ def fit(config: Config, strategy) -> dict:
     # The time budget likewise: each worker's clock would stop it at another step.
     budget_minutes = train.max_train_minutes
     if budget_minutes and is_multi_worker(strategy):
-        print(f"--max_train_minutes={budget_minutes:g} is not applied with several workers (they would "
-              "have to agree on the step): training runs to its last step.", flush=True)
+        log.warning(f"--max_train_minutes={budget_minutes:g} is not applied with several workers (they would "
+                    "have to agree on the step): training runs to its last step.")
         budget_minutes = 0.0
     budget = cbs.TimeBudget(budget_minutes, total_steps)
     callbacks = [cbs.NaNGuard(config), cbs.StopAtStep(total_steps), budget,
@@ -225,10 +228,10 @@ def fit(config: Config, strategy) -> dict:
     summary["stopped_by"] = None
     if budget.stopped_at is not None:
         summary["stopped_by"] = "time_budget"
-        print(f"Time budget reached: stopped at step {step} of {total_steps} after {budget.seconds / 60:.1f} "
-              f"min of training (--max_train_minutes={budget_minutes:g}) and saved {saver.latest}; "
-              f"the run goes on with the model of step {step}. Rerun the same command to train on from there "
-              "(again up to the budget, or to the end).", flush=True)
+        log.info(f"Time budget reached: stopped at step {step} of {total_steps} after "
+                 f"{budget.seconds / 60:.1f} min of training (--max_train_minutes={budget_minutes:g}) and "
+                 f"saved {saver.latest}; the run goes on with the model of step {step}. Rerun the same "
+                 "command to train on from there (again up to the budget, or to the end).")
     steps_run = step - start_step
     summary["train_images_per_second"] = round(steps_run * train.train_batch_size / max(seconds, 1e-9), 2)
     final = {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v}
@@ -263,7 +266,7 @@ def evaluate(config: Config, strategy, model=None) -> dict:
     else:
         global_step = int(model.optimizer.iterations.numpy())
     if model.supervised_head is None:
-        print("Evaluation skipped: the model has no supervised head (no labels).", flush=True)
+        log.info("Evaluation skipped: the model has no supervised head (no labels).")
         return {}
     with warnings.catch_warnings():
         # One pass over a dataset of unknown length ends by running out of data, as it should;

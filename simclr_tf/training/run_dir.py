@@ -8,6 +8,7 @@ import errno
 import fcntl
 import glob
 import json
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +17,8 @@ import time
 
 from simclr_tf import checkpoints
 from simclr_tf.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
@@ -92,8 +95,8 @@ def clean_leftovers(model_dir: str) -> list[str]:
                 pass
     if found:
         names = ", ".join(os.path.relpath(p, model_dir) for p in found[:5])
-        print(f"Removed {size / 2**20:.1f} MB left in {model_dir} by an interrupted save: {names}"
-              + (" ..." if len(found) > 5 else "") + ".", flush=True)
+        log.info(f"Removed {size / 2**20:.1f} MB left in {model_dir} by an interrupted save: {names}"
+                 + (" ..." if len(found) > 5 else "") + ".")
     return found
 
 
@@ -217,7 +220,7 @@ def model_dir_lock(model_dir: str):
         ) from None
     previous = _read_holder(fd, default="")
     if previous:
-        print(f"Taking over {path}: {previous} ended without releasing it.", flush=True)
+        log.warning(f"Taking over {path}: {previous} ended without releasing it.")
     holder = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}
     os.ftruncate(fd, 0)
