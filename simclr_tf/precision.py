@@ -20,7 +20,8 @@ emulated and slower than float32. `auto` picks:
 - any other CPU (no such flags, oneDNN turned off by `TF_ENABLE_ONEDNN_OPTS=0`, a platform whose
   CPU flags we cannot read): `float32`.
 
-The choice and its reason are printed by the run and stored in its `config.json`.
+The choice and its reason are logged once by the run (the command line shows the log) and stored
+in its `config.json`; `result.json` holds them under `hardware`.
 """
 
 from __future__ import annotations
