@@ -143,20 +143,24 @@ def test_ordinary_files_never_reach_pillow_while_the_dataset_runs(tmp_path, monk
     assert images[-1].shape == (16, 16, 3)  # never upscaled
 
 
-def test_a_file_tensorflow_fails_on_is_read_by_pillow_and_a_broken_one_skipped(tmp_path, caplog):
-    for k in range(4):
+def test_files_tensorflow_fails_on_are_read_by_pillow_in_place_and_broken_ones_skipped(tmp_path, caplog):
+    for k in range(5):
         Image.new("RGB", (8, 8), (k * 10, 0, 0)).save(tmp_path / f"{k}.png")
     buffer = io.BytesIO()
     Image.fromarray(_photo(64, 64)).save(buffer, "PNG")
-    (tmp_path / "4_truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (tmp_path / "5_truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     source = folder.load_image_folder(str(tmp_path))
-    assert source.num_examples == 5  # the truncated PNG's header is fine
-    # Replaced after the scan: the header said PNG, TensorFlow cannot decode TIFF, Pillow can.
-    Image.new("RGB", (8, 8), (10, 200, 0)).save(tmp_path / "1.png", format="TIFF")
+    assert source.num_examples == 6  # the truncated PNG's header is fine
+    # Replaced after the scan, the first two and the last good one: the header said PNG, TensorFlow
+    # cannot decode TIFF, Pillow can. Two in a row of two sizes come back as one padded batch.
+    for k, size in ((0, (8, 8)), (1, (6, 4)), (4, (8, 8))):
+        Image.new("RGB", size, (k * 10, 200, 0)).save(tmp_path / f"{k}.png", format="TIFF")
     with caplog.at_level(logging.WARNING, logger="simclr_tf"):
         images = [image.numpy() for image, _ in source.dataset]
-    assert [tuple(image[0, 0]) for image in images] == [(0, 0, 0), (10, 200, 0), (20, 0, 0), (30, 0, 0)]
+    assert [tuple(image[0, 0]) for image in images] == [(0, 200, 0), (10, 200, 0), (20, 0, 0), (30, 0, 0),
+                                                        (40, 200, 0)]
+    assert [image.shape for image in images] == [(8, 8, 3), (4, 6, 3), (8, 8, 3), (8, 8, 3), (8, 8, 3)]
     assert source.stats.skipped_while_decoding == 1
-    assert "4_truncated.png" in caplog.text
+    assert "5_truncated.png" in caplog.text
     # The next epoch the same: nothing crashes, nothing else is lost.
-    assert len(list(source.dataset)) == 4 and source.stats.skipped_while_decoding == 2
+    assert len(list(source.dataset)) == 5 and source.stats.skipped_while_decoding == 2

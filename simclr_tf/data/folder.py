@@ -9,8 +9,10 @@ The header scan also decides how each file is decoded. Ordinary JPEG, PNG, GIF a
 grey, RGB, palette or RGBA) are decoded by `tf.io` ops inside the `tf.data` graph, many at a time
 without Python's lock; the rest (16-bit, CMYK, palettes with transparency, animated PNG, WebP, TIFF,
 ...) by Pillow (`read_image`) in a `tf.py_function`. A file TensorFlow fails on at run time is given
-to Pillow too, so no image is lost that Pillow can read: each file is a one-element dataset, TF's
-decoding with errors ignored followed by Pillow's, of which the first element is taken.
+to Pillow too, so no image is lost that Pillow can read: a parallel map decodes and drops the
+elements that fail (`ignore_errors`), a `scan` sees the gap in the file indices at the next element,
+which then comes with Pillow's images of the missed files as one padded batch (`unbatch`), in
+place. The usual element costs only a cheap `cond` there, not a dataset of its own.
 
 This module imports nothing of simclr_tf except `simclr_tf.data.base` (for `Source`).
 """
@@ -191,6 +193,7 @@ _PILLOW = -1
 _JPEG_RATIOS = (1, 2, 4, 8)
 _TF_IMAGE = len(_JPEG_RATIOS)
 _TF_ALPHA = _TF_IMAGE + 1
+_END = -2  # not a file: the marker after the last one
 
 _TF_PNG_RAWMODES = {"RGB": _TF_IMAGE, "L": _TF_IMAGE, "P": _TF_IMAGE, "RGBA": _TF_ALPHA, "LA": _TF_ALPHA}
 
@@ -317,8 +320,8 @@ def _folder_dataset(
         stats: where files that fail to decode are counted.
     """
 
-    def decode(path: tf.Tensor):
-        name = os.fsdecode(path.numpy())  # the file system's bytes, whatever their encoding
+    def pillow(path) -> tuple[np.ndarray, bool]:
+        name = os.fsdecode(path)  # the file system's bytes, whatever their encoding
         try:
             return read_image(name, image_size=image_size, max_pixels=max_pixels), True
         except Exception as error:  # never crash mid-training on one bad file
@@ -326,27 +329,60 @@ def _folder_dataset(
             return np.zeros((1, 1, 3), np.uint8), False
 
     def with_pillow(path):
-        image, ok = tf.py_function(decode, [path], [tf.uint8, tf.bool])
-        image.set_shape([None, None, 3])
-        ok.set_shape([])
-        return image, ok
+        image, ok = tf.py_function(lambda path: pillow(path.numpy()), [path], [tf.uint8, tf.bool])
+        return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(ok, [])
 
-    def with_tf(path, plan):
-        return _tf_decode(path, plan[0], plan[1:3], tf.cast(plan[3], tf.bool)), tf.constant(True)
+    def first_try(index, path, label, plan):
+        """TensorFlow's decoding (an error drops the element), Pillow's for the files it was given."""
+        image, ok = tf.cond(
+            plan[0] >= 0,
+            lambda: (_tf_decode(path, plan[0], plan[1:3], tf.cast(plan[3], tf.bool)), tf.constant(True)),
+            lambda: tf.cond(plan[0] == _PILLOW, lambda: with_pillow(path),
+                            lambda: (tf.zeros([1, 1, 3], tf.uint8), tf.constant(False))),  # the end marker
+        )
+        return index, image, label, ok
 
-    def load(path, label, plan):
-        # try: TensorFlow, if the scan chose it; except any error: Pillow. `take(1)` never reaches Pillow's
-        # dataset after TensorFlow's yielded the image.
-        first = tf.data.Dataset.from_tensors((path, plan)).filter(lambda path, plan: plan[0] != _PILLOW)
-        first = first.map(with_tf).ignore_errors()
-        fallback = tf.data.Dataset.from_tensors(path).map(with_pillow)
-        return first.concatenate(fallback).take(1).map(lambda image, ok: (image, label, ok))
+    def with_missed(start, index, image, label, ok):
+        """The files from `start` to `index` (excluded), which TensorFlow failed on, decoded by Pillow,
+        then this element: padded to one batch, with each image's size."""
+        items = [(*pillow(paths[i]), labels[i]) for i in range(int(start), int(index))]
+        log.info("TensorFlow failed to decode %d file(s) from %s on: decoding with Pillow instead.",
+                 len(items), shown_path(os.fsdecode(paths[int(start)])))
+        items.append((image.numpy(), bool(ok), int(label)))
+        sizes = np.array([i[0].shape[:2] for i in items], np.int32)
+        batch = np.zeros((len(items), *sizes.max(axis=0), 3), np.uint8)
+        for row, (picture, _, _) in enumerate(items):
+            batch[row, : picture.shape[0], : picture.shape[1]] = picture
+        return batch, sizes, np.array([i[2] for i in items], np.int32), np.array([i[1] for i in items], bool)
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels, plans))
-    dataset = dataset.interleave(load, cycle_length=max(4, os.cpu_count() or 1), block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.filter(lambda image, label, ok: ok)
-    return dataset.map(lambda image, label, ok: (image, label))
+    def recover(start, element):
+        index, image, label, ok = element
+
+        def missed():
+            outputs = tf.py_function(with_missed, [start, index, image, label, ok],
+                                     [tf.uint8, tf.int32, tf.int32, tf.bool])
+            return tuple(tf.ensure_shape(t, s) for t, s in
+                         zip(outputs, ([None, None, None, 3], [None, 2], [None], [None]), strict=True))
+
+        def alone():
+            return image[None], tf.shape(image)[None, :2], label[None], ok[None]
+
+        return tf.cond(index > start, missed, alone)
+
+    # A last element (index N) marks the end, so that a failure among the last files is seen too.
+    count = len(paths)
+    end = np.array([[_END, 0, 0, 0]], np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((
+        np.arange(count + 1, dtype=np.int64), np.append(paths, np.array([b""], object)),
+        np.append(labels, np.int32(-1)).astype(np.int32), np.concatenate([plans.reshape(-1, 4), end]),
+    ))
+    dataset = dataset.map(first_try, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    # `start`: the first index not seen yet. An element past it follows files TensorFlow failed on.
+    dataset = dataset.scan(tf.constant(0, tf.int64),
+                           lambda start, element: (element[0] + 1, (start, element)))
+    dataset = dataset.map(recover, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    dataset = dataset.filter(lambda image, size, label, ok: ok)
+    return dataset.map(lambda image, size, label, ok: (image[: size[0], : size[1]], label))
 
 
 def load_image_folder(
