@@ -223,7 +223,22 @@ def test_teacher_then_student_then_eval(tmp_path):
                           distill_alpha=0.5)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, train_labels_per_class=2))
     distilled = train(config)
-    assert distilled["eval_protocol"] == "distill" and 0.0 <= distilled["eval_top1"] <= 1.0
+    assert distilled["eval_protocol"] == "distill" and distilled["eval_examples"] == 360
+    # The run's evaluation is the student checkpoint's accuracy on digits' 360 test images: a count
+    # of them, and that of the checkpoint restored into a fresh model to within one image (after 3
+    # steps the student is at chance, its logits nearly tied: the run's compiled step and this
+    # eager call part on one of them).
+    from simclr_tf import convert
+    from simclr_tf.training import inputs
+
+    student = build_model(config.resolved(), 10)
+    convert.restore_pretrained(student, distilled["checkpoint"], train_mode="eval")
+    correct = 0
+    for images, labels in inputs.eval_dataset(config, inputs.data_splits(config).eval):
+        predicted = np.argmax(student(images, training=False)["logits_sup"].numpy(), axis=1)
+        correct += int(np.sum(predicted == labels.numpy()))
+    assert distilled["eval_top1"] * 360 == pytest.approx(round(distilled["eval_top1"] * 360), abs=1e-3)
+    assert abs(round(distilled["eval_top1"] * 360) - correct) <= 1, (distilled["eval_top1"], correct)
     assert np.isfinite(distilled["train_distill_loss"]) and "train_teacher_agreement" in distilled
     # Every training image (the teacher was fine-tuned on all of them), not the 20 labelled ones.
     assert distilled["num_train_examples"] == taught["num_train_examples"] > 20
