@@ -113,6 +113,8 @@ def _odd_files(root):
     first, second = Image.new("RGB", (10, 10), (0, 0, 255)), Image.new("RGB", (10, 10), (255, 0, 0))
     first.save(root / "animated.png", save_all=True, append_images=[second])
     expected["animated.png"] = (0, 0, 255)
+    first.save(root / "animated.gif", save_all=True, append_images=[second])
+    expected["animated.gif"] = (0, 0, 255)  # the first frame
     return expected
 
 

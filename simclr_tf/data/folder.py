@@ -7,7 +7,7 @@ decoding are skipped while the dataset runs. Memory stays bounded by the few ima
 
 The header scan also decides how each file is decoded. Ordinary JPEG, PNG, GIF and BMP files (8-bit
 grey, RGB, palette or RGBA) are decoded by `tf.io` ops inside the `tf.data` graph, many at a time
-without Python's lock; the rest (16-bit, CMYK, palettes with transparency, animated PNG, WebP, TIFF,
+without Python's lock; the rest (16-bit, CMYK, palettes with transparency, animations, WebP, TIFF,
 ...) by Pillow (`read_image`) in a `tf.py_function`. A file TensorFlow fails on at run time is given
 to Pillow too, so no image is lost that Pillow can read: a parallel map decodes and drops the
 elements that fail (`ignore_errors`), a `scan` sees the gap in the file indices at the next element,
@@ -193,7 +193,6 @@ _PILLOW = -1
 _JPEG_RATIOS = (1, 2, 4, 8)
 _TF_IMAGE = len(_JPEG_RATIOS)
 _TF_ALPHA = _TF_IMAGE + 1
-_END = -2  # not a file: the marker after the last one
 
 _TF_PNG_RAWMODES = {"RGB": _TF_IMAGE, "L": _TF_IMAGE, "P": _TF_IMAGE, "RGBA": _TF_ALPHA, "LA": _TF_ALPHA}
 
@@ -209,8 +208,8 @@ def _decoder(image, scale: int) -> int:
     """The branch of `_tf_decode` that decodes this file like `read_image` would, or `_PILLOW`.
 
     TensorFlow is given only what it decodes to the same pixels as Pillow: 8-bit files without a
-    transparent colour (which Pillow composites on white), the first frame of a GIF only if it
-    covers the whole picture, BMPs only if uncompressed 24 or 32 bits.
+    transparent colour (which Pillow composites on white), GIFs of one frame covering the whole
+    picture, BMPs only if uncompressed 24 or 32 bits.
     """
     fmt = image.format
     if "transparency" in image.info:
@@ -220,7 +219,8 @@ def _decoder(image, scale: int) -> int:
     rawmode = _tile_rawmode(image)
     if fmt == "PNG" and not getattr(image, "is_animated", False):  # APNG: Pillow reads its first frame
         return _TF_PNG_RAWMODES.get(rawmode, _PILLOW)
-    if fmt == "GIF" and image.mode in ("P", "L") and tuple(image.tile[0][1]) == (0, 0, *image.size):
+    if (fmt == "GIF" and image.mode in ("P", "L") and tuple(image.tile[0][1]) == (0, 0, *image.size)
+            and not image.is_animated):  # TensorFlow would decode every frame to keep the first
         return _TF_IMAGE
     if fmt == "BMP" and image.tile[0][0] == "raw" and rawmode in ("BGR", "BGRX"):
         return _TF_IMAGE
@@ -332,14 +332,17 @@ def _folder_dataset(
         image, ok = tf.py_function(lambda path: pillow(path.numpy()), [path], [tf.uint8, tf.bool])
         return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(ok, [])
 
+    def with_tf(path, plan):
+        return _tf_decode(path, plan[0], plan[1:3], tf.cast(plan[3], tf.bool)), tf.constant(True)
+
+    some_by_pillow = bool((plans[:, 0] == _PILLOW).any()) if len(plans) else False
+
     def first_try(index, path, label, plan):
         """TensorFlow's decoding (an error drops the element), Pillow's for the files it was given."""
-        image, ok = tf.cond(
-            plan[0] >= 0,
-            lambda: (_tf_decode(path, plan[0], plan[1:3], tf.cast(plan[3], tf.bool)), tf.constant(True)),
-            lambda: tf.cond(plan[0] == _PILLOW, lambda: with_pillow(path),
-                            lambda: (tf.zeros([1, 1, 3], tf.uint8), tf.constant(False))),  # the end marker
-        )
+        if some_by_pillow:
+            image, ok = tf.cond(plan[0] == _PILLOW, lambda: with_pillow(path), lambda: with_tf(path, plan))
+        else:  # no `cond` for every image of the usual folder
+            image, ok = with_tf(path, plan)
         return index, image, label, ok
 
     def with_missed(start, index, image, label, ok):
@@ -369,14 +372,15 @@ def _folder_dataset(
 
         return tf.cond(index > start, missed, alone)
 
-    # A last element (index N) marks the end, so that a failure among the last files is seen too.
-    count = len(paths)
-    end = np.array([[_END, 0, 0, 0]], np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((
-        np.arange(count + 1, dtype=np.int64), np.append(paths, np.array([b""], object)),
-        np.append(labels, np.int32(-1)).astype(np.int32), np.concatenate([plans.reshape(-1, 4), end]),
+        np.arange(len(paths), dtype=np.int64), tf.constant(paths, tf.string, shape=[len(paths)]),
+        np.asarray(labels, np.int32), np.asarray(plans, np.int32).reshape(-1, 4),
     ))
     dataset = dataset.map(first_try, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    # An element after the last file (index N, no image), so that a failure among the last files is seen.
+    end = (tf.constant(len(paths), tf.int64), tf.zeros([1, 1, 3], tf.uint8), tf.constant(-1, tf.int32),
+           tf.constant(False))
+    dataset = dataset.concatenate(tf.data.Dataset.from_tensors(end))
     # `start`: the first index not seen yet. An element past it follows files TensorFlow failed on.
     dataset = dataset.scan(tf.constant(0, tf.int64),
                            lambda start, element: (element[0] + 1, (start, element)))
