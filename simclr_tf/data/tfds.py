@@ -1,6 +1,11 @@
 """TensorFlow Datasets (`cifar10`, `stl10`, `imagenet2012`, ...) as a source.
 
-This module imports nothing of simclr_tf except `simclr_tf.config` and `simclr_tf.data.base`.
+A data set whose downloads a system package installs (`fashion_mnist`: Debian's
+dataset-fashion-mnist, see `simclr_tf.data.installed`) is prepared from those files when they are
+there, checked by TFDS against its registered checksums, without network; otherwise TFDS downloads it.
+
+This module imports nothing of simclr_tf except `simclr_tf.config`, `simclr_tf.data.base` and
+`simclr_tf.data.installed`.
 """
 
 from __future__ import annotations
