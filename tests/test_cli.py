@@ -39,6 +39,7 @@ def test_console_command_lists_its_tools(outside):
     assert wrong.returncode == 2 and "unknown command 'trian'" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_train_and_export_from_another_directory(outside):
     done = _run([str(COMMAND), "run", *TINY, "--model_dir=run"], outside)
     assert done.returncode == 0, done.stderr[-3000:]

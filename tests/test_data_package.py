@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 DATA = pathlib.Path(__file__).resolve().parents[1] / "simclr_tf" / "data"
 ALLOWED = ("simclr_tf.data", "simclr_tf.config", "simclr_tf.validation")
 
@@ -34,6 +36,7 @@ def test_data_modules_import_only_data_config_and_validation():
     assert not bad, f"simclr_tf.data modules import outside data, config and validation: {bad}"
 
 
+@pytest.mark.slow
 def test_folder_and_tfds_import_first_without_a_cycle():
     # `sources.load_source` imports these two, which import `sources`: each must load on its own.
     for name in ("folder", "tfds"):

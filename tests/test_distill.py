@@ -259,6 +259,7 @@ def test_teacher_then_student_then_eval(tmp_path):
 # --- two replicas ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_replicas_train_like_one_device():
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TF_CONFIG", None)

@@ -251,6 +251,7 @@ def test_selective_kernels_and_squeeze_excitation_load_in_plain_keras(tmp_path):
             np.testing.assert_allclose(trained[name], value, atol=1e-4, rtol=1e-4, err_msg=f"{index} {name}")
 
 
+@pytest.mark.slow
 def test_export_keeps_newest(tmp_path):
     keras.utils.set_random_seed(1)
     model = simclr_model(resnet_depth=18, cifar_stem=True, num_proj_layers=1, proj_out_dim=8)

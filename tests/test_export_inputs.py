@@ -120,6 +120,7 @@ def test_saved_model_refuses_other_ranks_and_channel_counts_clearly(exported, sh
         loaded(tf.zeros(shape))
 
 
+@pytest.mark.slow
 def test_loading_the_saved_model_logs_no_warning_and_gradients_flow(exported, caplog):
     model, written = exported
     with caplog.at_level("WARNING"):

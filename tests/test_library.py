@@ -42,6 +42,7 @@ def _small_encoder():
     return keras.Model(inputs, x, name="tiny")  # a feature map: SimCLRModel average-pools it
 
 
+@pytest.mark.slow
 def test_readme_library_example_runs_and_excludes_batch_norm_by_role():
     namespace = {}
     exec(compile(_readme_example(), "README.md:library-example", "exec"), namespace)
@@ -186,6 +187,7 @@ def test_linear_evaluation_freezes_a_user_encoder():
     assert trainable == {v.path for v in model.supervised_head.trainable_weights}
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_object_names_of_earlier_versions(tmp_path):
     """A run writes exactly the checkpoint keys (and shapes) of the code before the library split.
 

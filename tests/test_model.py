@@ -186,7 +186,7 @@ def test_checkpoint_round_trip_restores_every_weight(tmp_path):
         np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)])
 def test_mixed_precision_step_matches_float32(policy):
     """`--precision`: low-precision activations, float32 variables and loss, the float32 step's update."""
     keras.utils.set_random_seed(7)

@@ -11,6 +11,9 @@ import time
 
 import pytest
 
+# Each test runs the CLI end to end in a subprocess (tens of seconds each): CI's slow stage.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset=synthetic", "--synthetic_examples=64", "--image_size=16", "--train_batch_size=16",
         "--linear_eval_epochs=0", "--mode=train"]

@@ -37,6 +37,7 @@ def _config(image_dir, model_dir, **train):
     )
 
 
+@pytest.mark.slow
 def test_an_unlabelled_folder_pretrains_exports_and_says_why_there_is_no_accuracy(tmp_path, caplog):
     _write_digits(tmp_path / "images", 40)
     with caplog.at_level("INFO", logger="simclr_tf"):
@@ -51,6 +52,7 @@ def test_an_unlabelled_folder_pretrains_exports_and_says_why_there_is_no_accurac
     assert stored["accuracies"] == [] and stored["weights_sha256"] == results["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_a_labelled_folder_without_eval_split_holds_images_out(tmp_path):
     _write_digits(tmp_path / "images", 60, classes=3)
     results = train(_config(tmp_path / "images", tmp_path / "run"))
@@ -68,6 +70,7 @@ def test_a_labelled_folder_without_eval_split_holds_images_out(tmp_path):
     assert len(colours) >= 4  # background, text and at least two class colours
 
 
+@pytest.mark.slow
 def test_every_scalar_reaches_tensorboard_also_at_a_mid_epoch_end(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 

@@ -141,6 +141,7 @@ def test_auto_matches_this_machine():
     assert resolve_precision("auto")[0] == expected
 
 
+@pytest.mark.slow
 def test_auto_is_the_default_and_a_run_stores_its_choice(tmp_path, caplog):
     from simclr_tf.models.conv import conv_gradients_for
     from simclr_tf.training import train

@@ -48,6 +48,7 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
                 assert np.isfinite(value).all(), name
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
     train(_config(tmp_path / "r18", train_steps=1))
     with pytest.raises(CheckpointMismatchError, match="resnet_depth"):

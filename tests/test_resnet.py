@@ -179,7 +179,8 @@ def r18_cifar():
 
 @pytest.mark.parametrize(
     "depth, cifar_stem, sizes",
-    [(18, True, (32, 33)), (18, False, (64, 33)), (50, True, (16, 17)), (50, False, (32, 33))],
+    [(18, True, (32, 33)), (18, False, (64, 33)), pytest.param(50, True, (16, 17), marks=pytest.mark.slow),
+     (50, False, (32, 33))],
 )
 def test_output_shapes(depth, cifar_stem, sizes):
     encoder = build_resnet(depth, cifar_stem=cifar_stem)
@@ -378,7 +379,8 @@ def test_global_bn_is_synchronized_and_equals_local_bn_on_one_replica():
 
 @pytest.mark.parametrize(
     "depth, kwargs",
-    [(18, {"cifar_stem": True}), (50, {"cifar_stem": True, "sk_ratio": 0.0625, "se_ratio": 0.25})],
+    [(18, {"cifar_stem": True}),
+     pytest.param(50, {"cifar_stem": True, "sk_ratio": 0.0625, "se_ratio": 0.25}, marks=pytest.mark.slow)],
 )
 def test_fused_and_keras_batch_norm_build_the_same_network(tmp_path, depth, kwargs):
     fused = build_resnet(depth, **kwargs)

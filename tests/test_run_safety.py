@@ -301,6 +301,7 @@ def test_sigterm_during_the_linear_evaluation_ends_cleanly_and_the_rerun_finishe
     assert os.path.exists(model_dir / "result.json")
 
 
+@pytest.mark.slow
 def test_sigint_during_the_export_removes_the_partial_export(tmp_path):
     import signal
 

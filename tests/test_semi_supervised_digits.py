@@ -134,6 +134,7 @@ def test_validation_runs_hold_out_training_images_and_never_read_the_test_digits
     assert sorted(labelled) == sorted(list(range(10)) * 2)
 
 
+@pytest.mark.slow
 def test_tune_keeps_the_best_candidate_of_each_stage_and_distils_its_teacher(tmp_path):
     from simclr_tf.config import save_config
 

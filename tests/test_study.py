@@ -349,6 +349,7 @@ def test_progress_eta_counts_only_the_cells_left_to_train(tmp_path, monkeypatch,
     assert lines[1].endswith("eta 0 s") and "(reused)" in lines[2] and "70.0%" in lines[2]
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_std_per_cell(tmp_path, monkeypatch, capsys):
     """No training here: the stand-in's accuracy depends on the seed and the temperature."""
     from simclr_tf import training

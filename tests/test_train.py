@@ -25,6 +25,7 @@ def _run_cli(*flags, timeout=600):
     )
 
 
+@pytest.mark.slow
 def test_cli_writes_the_expected_files_and_resumes(tmp_path):
     model_dir = str(tmp_path / "run")
     smoke = os.path.join(ROOT, "experiments", "smoke.flags")
@@ -103,6 +104,7 @@ def _tiny_config(model_dir, **train):
     )
 
 
+@pytest.mark.slow
 def test_eval_mode_reproduces_the_in_memory_accuracy(tmp_path):
     config = _tiny_config(str(tmp_path / "run"))
     trained = train(config)
@@ -112,6 +114,7 @@ def test_eval_mode_reproduces_the_in_memory_accuracy(tmp_path):
     np.testing.assert_allclose(evaluated["eval_loss"], trained["eval_loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_leaves_float32_for_the_next(tmp_path):
     results = train(_tiny_config(str(tmp_path / "mixed"), precision="mixed_bfloat16", linear_eval_epochs=0))
     # The loss is the sum of its parts (each a mean over the same steps).
