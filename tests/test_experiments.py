@@ -59,6 +59,7 @@ def test_recipe_starts_on_mock_data(name, tmp_path):
                                   model_dir=str(tmp_path / "run"), checkpoint=None,
                                   train_mode="pretrain" if config.train.train_mode == "finetune"
                                   else config.train.train_mode),
+        optimizer=dataclasses.replace(config.optimizer, warmup_epochs=0),
     )
     with tfds.testing.mock_data(num_examples=8):
         results = train(small)

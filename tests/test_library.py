@@ -11,7 +11,7 @@ import tensorflow as tf
 from model_factory import simclr_model
 
 import simclr_tf
-from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, OptimizerConfig, TrainConfig
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.simclr import SimCLRModel
 from simclr_tf.optimizers import LARS
@@ -200,11 +200,13 @@ def test_checkpoints_keep_the_object_names_of_earlier_versions(tmp_path):
         "resnet18_pretrain": Config(
             data=DataConfig(dataset="synthetic", image_size=16, synthetic_examples=64),
             model=ModelConfig(resnet_depth=18, num_proj_layers=2, se_ratio=0.25),
+            optimizer=OptimizerConfig(warmup_epochs=0),
             train=TrainConfig(train_batch_size=16, train_steps=1, linear_eval_epochs=0, mode="train",
                               model_dir=str(tmp_path / "a"))),
         "resnet50_sk_finetune": Config(
             data=DataConfig(dataset="synthetic", image_size=32, synthetic_examples=64),
             model=ModelConfig(resnet_depth=50, sk_ratio=0.0625, num_proj_layers=3, ft_proj_selector=1),
+            optimizer=OptimizerConfig(warmup_epochs=0),
             train=TrainConfig(train_batch_size=8, train_steps=1, linear_eval_epochs=0, mode="train",
                               train_mode="finetune", checkpoint="none", model_dir=str(tmp_path / "b"))),
     }

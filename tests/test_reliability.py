@@ -27,7 +27,7 @@ def _config(model_dir, *, depth=18, optimizer=None, **train_kwargs):
         config,
         data=DataConfig(dataset="digits", image_size=16),
         model=dataclasses.replace(config.model, resnet_depth=depth, num_proj_layers=2),
-        optimizer=optimizer or config.optimizer,
+        optimizer=optimizer or dataclasses.replace(config.optimizer, warmup_epochs=0),
         train=dataclasses.replace(TrainConfig(), **kwargs),
     )
 
