@@ -63,6 +63,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from simclr_tf import interrupts
 from simclr_tf.models.batch_norm import BatchNormalization
 from simclr_tf.models.conv import Conv2D
 from simclr_tf.models.images import (
@@ -271,6 +272,7 @@ def export_model(model, export_dir, *, step, keep=5, image_size=None, include_he
         with open(os.path.join(tmp, EXPORT_MARKER), "w", encoding="utf-8") as f:
             json.dump({"step": int(step), "include_heads": bool(include_heads)}, f)
             f.write("\n")
+        interrupts.check()  # a signal whose exception TensorFlow lost while saving: not published
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is kept
         if _disk_full(error):
