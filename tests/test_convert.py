@@ -313,8 +313,8 @@ def test_fine_tuning_from_an_original_saved_model_on_digits(sources, tmp_path):
     results = train(config)
     assert results["train_steps"] == 2 and np.isfinite(results["train_loss"])
     # The run's evaluation is its fine-tuned checkpoint's accuracy on the first eval_steps (1) batch
-    # of 64 test images. (results["eval_examples"] says 360, the split's size: `phases.evaluate`
-    # reports the split, not the images `eval_steps` let it see.)
+    # of 64 test images, and it says so.
+    assert results["eval_examples"] == 64
     top1, top5 = _accuracy_on_eval_images(config, results["checkpoint"], 64)
     assert (results["eval_top1"], results["eval_top5"]) == (pytest.approx(top1), pytest.approx(top5))
 
@@ -330,4 +330,5 @@ def test_eval_mode_reads_an_original_checkpoint(sources, tmp_path):
     # The original CIFAR-10 classifier's accuracy on the first 64 digits (eval_steps=1), read back
     # through the converter.
     top1, top5 = _accuracy_on_eval_images(config, sources["r18_cifar_ckpt"], 64)
+    assert results["eval_examples"] == 64
     assert (results["eval_top1"], results["eval_top5"]) == (pytest.approx(top1), pytest.approx(top5))

@@ -290,6 +290,8 @@ def evaluate(config: Config, strategy, model=None) -> dict:
         "eval_top5": float(metrics["top5"]),
         "eval_loss": float(metrics["supervised_loss"]),
         "eval_split": splits.eval_name,
-        "eval_examples": splits.eval.num_examples,
+        # `eval_steps` batches cover only the first images of the split.
+        "eval_examples": (min(splits.eval.num_examples, train.eval_steps * train.eval_batch_size)
+                          if train.eval_steps else splits.eval.num_examples),
         "global_step": global_step,
     }
