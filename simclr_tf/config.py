@@ -37,6 +37,7 @@ KNOWN_DATASETS = {
     # for a held-out linear evaluation within one of the 360 images (README, the quickstart).
     "digits": (12, 10),
     "synthetic": (32, 10),
+    "fashion_mnist": (28, 10),  # its own size: 224 px would be 64x the pixels of the 28x28 images
     "cifar10": (32, 10),
     "cifar100": (32, 100),
     "stl10": (96, 10),
@@ -175,6 +176,61 @@ def check_memory_buffer_mode(train_mode: str, memory_buffer_size: int) -> None:
         f"{memory_buffer_size}. Pass --memory_buffer_size=0 (a fine-tuned or distilled "
         "model has no buffer; the pretrained weights load without it).",
     )
+
+
+def chunk_divisors(per_replica_batch: int) -> list[int]:
+    """The chunk sizes that split `per_replica_batch` evenly."""
+    return [d for d in range(1, per_replica_batch + 1) if per_replica_batch % d == 0]
+
+
+def check_chunk_size(chunk_size, train_batch_size: int | None = None, num_replicas: int = 1) -> int:
+    """Checks `chunk_size` against the per-replica batch; returns the number of chunks (0: off).
+
+    Args:
+        chunk_size: int. Images per chunk; 0 turns chunking off.
+        train_batch_size: int or None. The global batch (all replicas together); None checks the
+            type and sign only. Defaults to None.
+        num_replicas: int. Replicas in sync. Defaults to `1`.
+
+    Returns:
+        int. Chunks per step and replica, `per_replica_batch // chunk_size`; 0 when off or when
+        the batch is not given.
+
+    Raises:
+        ConfigError: a `chunk_size` that is no integer, negative, larger than the per-replica batch
+            or not dividing it; the message names `--chunk_size` and lists the batch's divisors.
+
+    Example:
+        ```python
+        check_chunk_size(128, 1024)     # 8
+        check_chunk_size(100, 1024)     # ValueError: `chunk_size` (100) does not divide ...
+        ```
+    """
+    integer = isinstance(chunk_size, int) and not isinstance(chunk_size, bool)
+    if train_batch_size is None:
+        if not integer or chunk_size < 0:
+            raise ConfigError(
+                f"`chunk_size` must be 0 (off) or a positive number of images per chunk that divides the "
+                f"per-replica batch. Received: chunk_size={chunk_size!r}. Pass e.g. --chunk_size=128.")
+        return 0
+    num_replicas = max(int(num_replicas), 1)
+    per_replica = train_batch_size // num_replicas
+    if integer and (chunk_size == 0 or (0 < chunk_size <= per_replica and per_replica % chunk_size == 0)):
+        return per_replica // chunk_size if chunk_size else 0
+    if not integer:
+        why = "is no integer"
+    elif chunk_size < 0:
+        why = "is negative"
+    elif chunk_size > per_replica:
+        why = "is larger than the per-replica batch"
+    else:
+        why = "does not divide the per-replica batch"
+    batch = (f"{per_replica} = train_batch_size {train_batch_size} / {num_replicas} replicas"
+             if num_replicas > 1 else f"train_batch_size {train_batch_size}")
+    raise ConfigError(
+        f"--chunk_size ({chunk_size!r}) {why} ({batch}). Use one of its divisors "
+        f"{chunk_divisors(per_replica)} (the step then runs in chunks of that many images), or 0 to "
+        f"turn chunking off. Received: chunk_size={chunk_size!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,6 +628,12 @@ class TrainConfig:
             (the original's): its initializer (random, or zero with `zero_init_logits_layer`);
             `linear_probe`: a logistic regression fitted on the frozen features of the labelled
             images first (LP-FT; not in the original code; `simclr_tf.training.head_init`).
+        chunk_size: 0 (off) or M: run each step's encoder and heads on chunks of M images of the
+            per-replica batch (both views of an image in one chunk) and the contrastive loss on the
+            whole batch, with cached embedding gradients (gradient caching; one more forward pass,
+            memory of one chunk's activations): exactly the step of batch / M replicas without
+            global batch norm, one optimizer step per batch (`simclr_tf.models.chunking`). M must
+            divide the per-replica batch.
     """
 
     mode: str = "train_then_eval"
@@ -606,6 +668,7 @@ class TrainConfig:
     distill_alpha: float = 0.0
     distill_augment: str = "same"
     ft_head_init: str = "initializer"
+    chunk_size: int = 0
 
     @property
     def init_checkpoint(self) -> str | None:
@@ -686,6 +749,12 @@ class TrainConfig:
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("jit_compile", self.jit_compile, JIT_COMPILES)
         _one_of("linear_eval_protocol", self.linear_eval_protocol, LINEAR_EVAL_PROTOCOLS)
+        # The replicas are known when the strategy is: `build_model` checks the per-replica batch.
+        check_chunk_size(self.chunk_size, self.train_batch_size)
+        _check(not self.chunk_size or self.train_mode != "distill",
+               "`chunk_size` applies to pretraining and fine-tuning; distillation's step does not run "
+               f"in chunks. Received: train_mode='distill', chunk_size={self.chunk_size}. Pass "
+               "--chunk_size=0.")
         _check(
             isinstance(self.linear_eval_batch_size, int) and self.linear_eval_batch_size > 0,
             "`linear_eval_batch_size` must be a positive integer. Received: "

@@ -6,7 +6,9 @@ config describes the same network wherever it is used.
 
 from __future__ import annotations
 
-from simclr_tf.config import Config
+import tensorflow as tf
+
+from simclr_tf.config import Config, check_chunk_size
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import build_resnet
 from simclr_tf.models.simclr import HEAD_DTYPE, SimCLRModel
@@ -41,6 +43,9 @@ def build_model(config: Config, num_classes: int, *, encoder=None, fused_batch_n
         ```
     """
     m = config.model
+    # The per-replica batch is known now, inside the strategy's scope.
+    check_chunk_size(config.train.chunk_size, config.train.train_batch_size,
+                     tf.distribute.get_strategy().num_replicas_in_sync)
     if encoder is None:
         encoder = build_resnet(
             m.resnet_depth, m.width_multiplier, cifar_stem=bool(m.cifar_stem), sk_ratio=m.sk_ratio,
@@ -65,6 +70,7 @@ def build_model(config: Config, num_classes: int, *, encoder=None, fused_batch_n
         ft_proj_selector=m.ft_proj_selector,
         fine_tune_after_block=config.train.fine_tune_after_block,
         weight_decay=config.optimizer.weight_decay,
+        chunk_size=config.train.chunk_size,
         name="simclr",
     )
     if build:

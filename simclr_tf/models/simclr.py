@@ -12,6 +12,7 @@ from keras import ops
 from simclr_tf.config import LossConfig, ModelConfig, TrainConfig, check_memory_buffer_mode
 from simclr_tf.losses import contrastive_loss as contrastive_loss_of
 from simclr_tf.losses import contrastive_metrics
+from simclr_tf.models.chunking import GradientCache, check_chunk_size, check_no_random_layers
 from simclr_tf.models.features import FEATURE, encoder_features, image_shape
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.memory import MemoryBuffer, copy_of, online_weights
@@ -71,6 +72,10 @@ class SimCLRModel(keras.Model):
     and the step's keys (gathered from every replica) enter the queue. See
     `simclr_tf.models.memory`.
 
+    With `chunk_size > 0` the train step runs the encoder and heads on chunks of `chunk_size` images
+    of the per-replica batch and the contrastive loss on the whole batch (gradient caching, see
+    `simclr_tf.models.chunking`): large batches on one device, at the cost of one more forward pass.
+
     Calling the model on images returns a dict of named features: the encoder's outputs
     (`initial_conv` ... `final_avg_pool` for ours), `proj_head_input`, `proj_head_output` and,
     with a supervised head, `logits_sup`.
@@ -95,6 +100,9 @@ class SimCLRModel(keras.Model):
         weight_decay: float or None. Coefficient of the L2 loss term; None takes a LARS
             optimizer's `weight_decay` (the original's one number), 0 with other optimizers.
             Defaults to None.
+        chunk_size: int. 0 trains on the per-replica batch at once; M > 0 runs the step in chunks
+            of M images with cached embedding gradients, exactly as batch / M replicas without
+            global batch norm would (`simclr_tf.models.chunking`). Defaults to `0`.
         **kwargs: base model arguments (`name`, ...).
     """
 
@@ -109,6 +117,7 @@ class SimCLRModel(keras.Model):
         ft_proj_selector=ModelConfig.ft_proj_selector,
         fine_tune_after_block=TrainConfig.fine_tune_after_block,
         weight_decay=None,
+        chunk_size=TrainConfig.chunk_size,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,6 +152,10 @@ class SimCLRModel(keras.Model):
         self.ft_proj_selector = ft_proj_selector
         self.fine_tune_after_block = fine_tune_after_block
         self.weight_decay = weight_decay
+        self.chunk_size = chunk_size
+        check_chunk_size(chunk_size)  # its type and sign; against the batch when the step is traced
+        check_no_random_layers((encoder, projection_head, supervised_head), chunk_size)
+        self.chunking = GradientCache(chunk_size) if chunk_size else None
 
         self.encoder = encoder
         if projection_head is None:
@@ -267,6 +280,39 @@ class SimCLRModel(keras.Model):
         self.supervised_loss_tracker.update_state(loss, sample_weight=count)
         return loss
 
+    def _embed(self, images, training):
+        """Encoder features `h` and projections `z` of an image batch: `(h, z)`."""
+        h = encoder_features(self.encoder, images, training=training)[FEATURE]
+        z, _ = self.projection_head(h, training=training)
+        return h, z
+
+    def _contrastive_loss(self, z_1, z_2, training):
+        """The contrastive loss of the projections of both views (the memory buffer's queue as more
+        negatives while training); updates the contrastive metrics."""
+        memory = self.memory is not None and training
+        c = self.loss_config
+        loss, logits_ab, labels_ab = contrastive_loss_of(
+            c.contrastive_loss, z_1, z_2, temperature=c.temperature, normalize=c.hidden_norm,
+            margin=c.margin, semi_hard_negatives=c.semi_hard_negatives,
+            memory=self.memory.queue if memory else None,
+            memory_mask=self.memory.mask() if memory else None,
+        )
+        self.contrastive_loss_tracker.update_state(loss)
+        hit, entropy = contrastive_metrics(logits_ab, labels_ab,
+                                           memory_size=self.memory.size if memory else 0)
+        self.contrastive_accuracy.update_state(hit)
+        self.contrastive_entropy.update_state(entropy)
+        return loss
+
+    def _finetune_logits(self, images, training):
+        """The supervised head's logits in fine-tuning (on projection layer `ft_proj_selector`)."""
+        h = encoder_features(self.encoder, images, training=training)[FEATURE]
+        head_input = h
+        if self.ft_proj_selector > 0:  # fine-tune from inside the projection head (SimCLRv2)
+            _, hiddens = self.projection_head(h, training=training)
+            head_input = hiddens[self.ft_proj_selector]
+        return self.supervised_head(head_input, training=training)
+
     def _forward_losses(self, data, training):
         """The total loss of one batch and its parts; updates the metrics."""
         x, labels = data
@@ -274,35 +320,13 @@ class SimCLRModel(keras.Model):
         if self.train_mode == "pretrain":
             view_1, view_2 = x
             batch_size = tf.shape(view_1)[0]
-            images = tf.concat([view_1, view_2], axis=0)  # (2N, H, W, 3): BN sees both views
-            h = encoder_features(self.encoder, images, training=training)[FEATURE]
-            z, _ = self.projection_head(h, training=training)
-            z_1, z_2 = z[:batch_size], z[batch_size:]
-            memory = self.memory is not None and training
-            c = self.loss_config
-            loss, logits_ab, labels_ab = contrastive_loss_of(
-                c.contrastive_loss, z_1, z_2, temperature=c.temperature, normalize=c.hidden_norm,
-                margin=c.margin, semi_hard_negatives=c.semi_hard_negatives,
-                memory=self.memory.queue if memory else None,
-                memory_mask=self.memory.mask() if memory else None,
-            )
-            self.contrastive_loss_tracker.update_state(loss)
-            hit, entropy = contrastive_metrics(logits_ab, labels_ab,
-                                               memory_size=self.memory.size if memory else 0)
-            self.contrastive_accuracy.update_state(hit)
-            self.contrastive_entropy.update_state(entropy)
-            total += loss
+            h, z = self._embed(tf.concat([view_1, view_2], axis=0), training)  # (2N, ...): BN sees both views
+            total += self._contrastive_loss(z[:batch_size], z[batch_size:], training)
             if self.supervised_head is not None and self.lineareval_while_pretraining:
                 logits = self.supervised_head(tf.stop_gradient(h), training=training)
                 total += self._supervised_loss(tf.concat([labels, labels], axis=0), logits)
         else:
-            h = encoder_features(self.encoder, x, training=training)[FEATURE]
-            head_input = h
-            if self.ft_proj_selector > 0:  # fine-tune from inside the projection head (SimCLRv2)
-                _, hiddens = self.projection_head(h, training=training)
-                head_input = hiddens[self.ft_proj_selector]
-            logits = self.supervised_head(head_input, training=training)
-            total += self._supervised_loss(labels, logits)
+            total += self._supervised_loss(labels, self._finetune_logits(x, training))
         return total
 
     def weight_decay_term(self, optimizer):
@@ -340,18 +364,23 @@ class SimCLRModel(keras.Model):
         self._build_for(data[0])
         variables = self.trainable_variables
         keys = None
-        if self.memory is not None:  # the momentum network's keys, before the tape: nothing recorded
+        if self.memory is not None:
             self.memory.copy_once(online_weights(self.encoder, self.projection_head))
-            keys = self.memory.keys(data[0], normalize=self.loss_config.hidden_norm)
-        with tf.GradientTape() as tape:
-            loss = self._forward_losses(data, training=True) + self._weight_decay()
-            self.total_loss_tracker.update_state(loss)
-            # Keras sums gradients over replicas: divide so that N replicas of batch B equal one
-            # device with batch N*B.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = loss / tf.cast(replicas, loss.dtype)
-            scaled = self.optimizer.scale_loss(scaled)  # loss scaling under mixed_float16
-        gradients = tape.gradient(scaled, variables)
+        images = data[0][0] if self.train_mode == "pretrain" else data[0]
+        if self.chunking is not None and self.chunking.applies(images):  # see models/chunking.py
+            loss, gradients, keys = self.chunking.gradients(self, data, variables)
+        else:
+            if self.memory is not None:  # the momentum network's keys, before the tape: nothing recorded
+                keys = self.memory.keys(data[0], normalize=self.loss_config.hidden_norm)
+            with tf.GradientTape() as tape:
+                loss = self._forward_losses(data, training=True) + self._weight_decay()
+                # Keras sums gradients over replicas: divide so that N replicas of batch B equal one
+                # device with batch N*B.
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                scaled = loss / tf.cast(replicas, loss.dtype)
+                scaled = self.optimizer.scale_loss(scaled)  # loss scaling under mixed_float16
+            gradients = tape.gradient(scaled, variables)
+        self.total_loss_tracker.update_state(loss)
         # Variables that do not reach the loss (projection layers above the fine-tuning selector,
         # the supervised head without labels) have no gradient; leave them out.
         pairs = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
@@ -379,7 +408,7 @@ class SimCLRModel(keras.Model):
         config = super().get_config()
         config.update({name: getattr(self, name) for name in (
             "train_mode", "lineareval_while_pretraining", "ft_proj_selector", "fine_tune_after_block",
-            "weight_decay")})
+            "weight_decay", "chunk_size")})
         config["loss_config"] = dataclasses.asdict(self.loss_config)
         for name in ("encoder", "projection_head", "supervised_head"):
             part = getattr(self, name)
