@@ -18,6 +18,7 @@ from simclr_tf import checkpoints, interrupts
 from simclr_tf.config import Config
 from simclr_tf.evaluation import KNNMonitor
 from simclr_tf.training import inputs
+from simclr_tf.training.progress import Cadence, StepLogger  # noqa: F401 (StepLogger: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +212,17 @@ class ScalarSummaries(keras.callbacks.Callback):
     epoch end (with the kNN monitor's value) and at the last step, plus `images_per_second`.
 
     Replaces Keras' TensorBoard callback, whose step-wise recording stays off at the end of a run
-    that stops mid-epoch or between two `update_freq` steps, so the last values were lost.
+    that stops mid-epoch or between two `update_freq` steps, so the last values were lost. With a
+    `cadence` (a `progress.Cadence`, shared with the `StepLogger`) the steps are the cadence's, timed
+    as well as counted, so TensorBoard has the values of the progress lines.
     """
 
-    def __init__(self, log_dir, every_steps, batch_size):
+    def __init__(self, log_dir, every_steps, batch_size, cadence: Cadence | None = None):
         super().__init__()
         self.log_dir = log_dir
         self.every_steps = max(1, every_steps)
         self.batch_size = batch_size
+        self.cadence = cadence
         self.writer = None
         self.logs, self.written_step = {}, -1
         self.clock = (0.0, 0)
@@ -241,7 +245,7 @@ class ScalarSummaries(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.logs = dict(logs or {})
         step = _step(self.model)
-        if step % self.every_steps == 0:
+        if self.cadence.due(step) if self.cadence is not None else step % self.every_steps == 0:
             self._write(self.logs, step)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -253,35 +257,6 @@ class ScalarSummaries(keras.callbacks.Callback):
         if step != self.written_step and self.logs:
             self._write(self.logs, step)
         self.writer.flush()
-
-
-class StepLogger(keras.callbacks.Callback):
-    """A line every `every_steps` steps, for logs that are not a terminal (no progress bar)."""
-
-    def __init__(self, total_steps, every_steps, batch_size=None):
-        super().__init__()
-        self.total_steps = total_steps
-        self.every_steps = max(1, every_steps)
-        self.batch_size = batch_size
-        self.start = None
-        self.start_step = 0
-
-    def on_train_begin(self, logs=None):
-        self.start = time.time()
-        self.start_step = _step(self.model)
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
-        if step % self.every_steps and step < self.total_steps:
-            return
-        elapsed = time.time() - self.start
-        done = step - self.start_step
-        eta = elapsed / done * (self.total_steps - step) if done else float("nan")
-        shown = ", ".join(f"{k}={float(np.asarray(v)):.4g}" for k, v in (logs or {}).items())
-        speed = ""
-        if self.batch_size and elapsed > 0:
-            speed = f", {done * self.batch_size / elapsed:.1f} images/s"
-        log.info(f"step {step}/{self.total_steps} ({elapsed:.0f}s, eta {eta:.0f}s{speed}): {shown}")
 
 
 def knn_monitor(config: Config, splits: inputs.DataSplits, log_dir: str):

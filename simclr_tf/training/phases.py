@@ -177,7 +177,6 @@ def fit(config: Config, strategy) -> dict:
         return {"model": model, "summary": summary, "history": {}}
 
     dataset = inputs.train_dataset(config, source, strategy, start_step)
-    interactive = sys.stdout.isatty()
     # SIGTERM (a scheduler's notice before preemption) and Ctrl-C save the current step and stop;
     # with several workers every one must take part in a save, so there a signal ends at once.
     stop = cbs.SignalStop(enabled=not is_multi_worker(strategy))
@@ -197,12 +196,14 @@ def fit(config: Config, strategy) -> dict:
         if monitor is not None:
             callbacks.append(monitor)  # before TensorBoard, which then logs knn_top1 too
     every = max(1, min(100, steps_per_epoch))
+    # Progress by steps and by time (the first line about 30 s after the first step, then at least
+    # once a minute), in a terminal as in a log file; TensorBoard's scalars at the same steps.
+    cadence = cbs.Cadence(every, total_steps)
     if chief:
-        callbacks.append(cbs.ScalarSummaries(log_dir, every, train.train_batch_size))
+        callbacks.append(cbs.ScalarSummaries(log_dir, every, train.train_batch_size, cadence=cadence))
     if train.train_mode == "pretrain":
         cbs.image_summary(dataset, strategy, log_dir, write=chief)
-    if not interactive:
-        callbacks.append(cbs.StepLogger(total_steps, every, train.train_batch_size))
+    callbacks.append(cbs.StepLogger(total_steps, every, train.train_batch_size, cadence=cadence))
     # A run shorter than an epoch is one epoch of exactly its steps, so the progress bar counts
     # the steps that really run.
     steps_per_epoch = min(steps_per_epoch, total_steps)
@@ -215,7 +216,7 @@ def fit(config: Config, strategy) -> dict:
             initial_epoch=start_step // steps_per_epoch,
             steps_per_epoch=steps_per_epoch,
             callbacks=callbacks,
-            verbose=1 if interactive else 0,
+            verbose=0,  # the StepLogger's lines, not a progress bar they would break
             shuffle=False,  # the input pipeline shuffles, reproducibly from the seed
         )
     if stop.received is not None:
