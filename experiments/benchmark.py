@@ -68,7 +68,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, OptimizerConfig
+from simclr_tf.config import Config, DataConfig, LossConfig, ModelConfig, OptimizerConfig, TrainConfig
 from simclr_tf.models.build import build_model
 from simclr_tf.models.conv import (
     FILTER_GRADIENTS,
@@ -295,6 +295,7 @@ def build_train_model(
     keras_batch_norm: bool = False,
     conv_input_gradient: str = "auto",
     conv_filter_gradient: str = "auto",
+    chunk_size: int = 0,
 ) -> SimCLRModel:
     """A compiled SimCLR model as `simclr_tf.train` builds it (LARS, warm-up + cosine, online linear head).
 
@@ -314,6 +315,7 @@ def build_train_model(
             `forward_input_gradient` of every `simclr_tf.models.conv.Conv2D`.
         conv_filter_gradient: the kernel gradient: `auto` (the layer's default), `matmul`
             (by matrix products) or `native` (TensorFlow's `Conv2DBackpropFilter`).
+        chunk_size: the step in chunks of this many images (`--chunk_size`); 0: the plain step.
 
     Returns:
         The built, compiled `SimCLRModel` with its optimizer built.
@@ -329,6 +331,7 @@ def build_train_model(
         ),
         loss=LossConfig(temperature=0.5 if case.image_size <= 32 else 0.1),
         optimizer=OptimizerConfig(optimizer="lars", weight_decay=1e-6),
+        train=TrainConfig(train_batch_size=case.batch_size, chunk_size=chunk_size),
     ).resolved()
     model = build_model(config, num_classes, fused_batch_norm=not keras_batch_norm)
     forward = resolve_input_gradient(conv_input_gradient)
@@ -714,6 +717,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="tf.config.threading intra-op threads (0: TensorFlow's default)")
     parser.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
                         default="float32", help="Keras dtype policy of the model")
+    parser.add_argument("--batch_sizes", default=None,
+                        help="comma-separated batches: instead of the usual table, the memory and time "
+                             "of the plain and the chunked step at 32 px, each case in its own process "
+                             "(experiments/benchmark_chunks.py; --models' depths, default ResNet-18 and -50)")
+    parser.add_argument("--chunk_size", type=int, default=128, help="with --batch_sizes: images per chunk")
+    parser.add_argument("--plain_up_to", type=int, default=None,
+                        help="with --batch_sizes: time the plain step only up to this batch (it stops "
+                             "fitting in memory)")
     parser.add_argument("--profile_dir", default=None,
                         help="also trace two steps of each case with tf.profiler into this directory "
                              "and print the time per op type")
@@ -754,6 +765,16 @@ def device_line(devices=None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.batch_sizes:  # the chunked step's table (issue 28)
+        from experiments.benchmark_chunks import memory_table
+
+        depths = sorted({case.resnet_depth for case in _select_cases(args)} if args.models else {18, 50})
+        print(f"chunked step: {device_line()}, {os.cpu_count()} CPU cores, precision {args.precision}; "
+              f"{load_average()}", flush=True)
+        rows = memory_table(depths, [int(b) for b in args.batch_sizes.split(",")], args.chunk_size,
+                            precision=args.precision, steps=args.steps, warmup_steps=args.warmup_steps,
+                            plain_up_to=args.plain_up_to)
+        return {"chunk_rows": rows}
     cases = _select_cases(args)
     if args.inter_op_threads or args.intra_op_threads:
         # Must run before TensorFlow executes its first op.
