@@ -249,8 +249,10 @@ class DataConfig:
         eval_split: name of the evaluation split (TFDS syntax; `test` for the other sources).
         image_size: side of the square model input, in pixels (at least 8). Unset (`None`):
             the data set's native size (12 for digits, 32 for CIFAR, 224 for ImageNet
-            and for data sets simclr_tf does not know).
-        cache_dataset: cache decoded images in memory.
+            and for data sets simclr_tf does not know); for an image folder, the median shorter
+            side of its images, to a multiple of 8 within 32..224 (`simclr_tf.data.defaults`).
+        cache_dataset: cache decoded images in memory. Unset (`None`): when the cache (images x
+            image_size^2 x 3 bytes) fits a quarter of the memory available.
         train_label_fraction: fraction of labelled training images used for supervised training
             (class-balanced, deterministic by seed). 1.0 uses all.
         train_labels_per_class: if > 0, use exactly this many labelled images per class instead
@@ -271,7 +273,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "test"
     image_size: int | None = None
-    cache_dataset: bool = True
+    cache_dataset: bool | None = None
     train_label_fraction: float = 1.0
     train_labels_per_class: int = 0
     synthetic_examples: int = 256
@@ -583,6 +585,10 @@ class TrainConfig:
             `"stopped_by": "time_budget"` and `train_steps_done`. Rerunning the same model_dir
             resumes there and trains again up to the budget or to the end. Off with several
             workers (they would have to agree when).
+        train_minutes: a time budget that plans (0: off): a fresh run times a few steps of its
+            model after the first (the trace) and sets `train_steps` to the steps that fit this many
+            minutes, so its warm-up and cosine decay end with the budget; config.json records those
+            steps and a resumed run keeps them. Replaces `train_epochs` and `train_steps`.
         keep_checkpoint_max: checkpoints kept.
         keep_hub_module_max: exported SavedModels kept (0 keeps all).
         model_dir: where checkpoints, logs, results and exports go.
@@ -649,6 +655,7 @@ class TrainConfig:
     checkpoint_steps: int = 0
     checkpoint_minutes: float = 30.0
     max_train_minutes: float = 0.0
+    train_minutes: float = 0.0
     keep_checkpoint_max: int = 5
     keep_hub_module_max: int = 1
     model_dir: str = "runs/digits_quickstart"
@@ -739,6 +746,16 @@ class TrainConfig:
             "`max_train_minutes` must be a non-negative number of minutes (0: no time budget). "
             f"Received: {self.max_train_minutes!r}.",
         )
+        _check(
+            isinstance(self.train_minutes, (int, float)) and math.isfinite(self.train_minutes)
+            and self.train_minutes >= 0,
+            "`train_minutes` must be a non-negative number of minutes (0: the run's length comes from "
+            f"--train_epochs or --train_steps). Received: {self.train_minutes!r}.",
+        )
+        _check(not self.train_minutes or self.train_mode != "distill",
+               "`train_minutes` plans pretraining and fine-tuning; a distillation's length comes from "
+               f"--train_epochs or --train_steps. Received: train_minutes={self.train_minutes}. Pass "
+               "--train_minutes=0 (--max_train_minutes stops any run at a time budget).")
         _positive("linear_eval_learning_rate", self.linear_eval_learning_rate)
         _check(
             self.train_steps == 0 or self.steps_per_execution <= self.train_steps,

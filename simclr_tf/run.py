@@ -154,7 +154,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}. Flags start with --.")
     try:
-        config = config_from_flags(FLAGS).resolved().validate()
+        config = config_from_flags(FLAGS)
+        # Every check before TensorFlow starts. `train` resolves the config itself, after the log
+        # lines are shown: an image folder's size then comes from its images (one line).
+        config.resolved().validate()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -55,7 +55,9 @@ NO_LABELS = ("no labels: evaluation, linear evaluation and the kNN monitor are s
 
 def data_splits(config: Config) -> DataSplits:
     """The training and evaluation images of a run (cached: phases share one scan of a folder)."""
-    return _data_splits(config.data, config.image_size, config.train.seed)
+    # Whether the pipelines cache the images is no property of the splits: one scan either way.
+    return _data_splits(dataclasses.replace(config.data, cache_dataset=None), config.image_size,
+                        config.train.seed)
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,10 +15,11 @@ import tensorflow as tf
 
 from simclr_tf import checkpoints, export, interrupts
 from simclr_tf.config import Config, save_config
+from simclr_tf.data import defaults
 from simclr_tf.distribute import is_chief, wait_for_all_workers
 from simclr_tf.models.conv import conv_gradients_for
 from simclr_tf.precision import resolve_jit_compile, resolve_precision, strategy_devices
-from simclr_tf.training import inputs, linear_eval, phases
+from simclr_tf.training import budget, inputs, linear_eval, phases
 from simclr_tf.training.run_dir import (
     check_resumable,
     clean_leftovers,
@@ -51,7 +52,8 @@ def train(config: Config, strategy=None) -> dict:
         results = train(Config())   # the quickstart: SimCLR on the built-in digits
         ```
     """
-    config = config.resolved().validate()
+    # An image folder's size comes from its images where --image_size is unset (one log line).
+    config = defaults.folder_image_size(config).resolved().validate()
     strategy = strategy or tf.distribute.get_strategy()
     train_config = config.train
     prepare_model_dir(train_config.model_dir)
@@ -113,6 +115,14 @@ def _run(config: Config, strategy, hardware: dict) -> dict:
     # Nothing is written before the config is known to fit the model_dir's checkpoints.
     check_resumable(config, train_config.model_dir,
                     num_classes=lambda: inputs.num_classes_for(config, inputs.data_splits(config)))
+    # Defaults that come from the data and the machine, decided once and recorded in config.json: the
+    # decoded-image cache where it fits the memory, and the steps that fit --train_minutes.
+    splits = inputs.data_splits(config)
+    config = defaults.cache_fits(config, splits.train.num_examples + (splits.eval.num_examples
+                                                                     if splits.eval is not None else 0))
+    if train_config.mode != "eval":
+        config = budget.plan_train_steps(config, strategy)
+    train_config = config.train
     if chief:
         save_config(config, train_config.model_dir)
 
