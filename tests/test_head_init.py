@@ -113,7 +113,7 @@ def test_config_and_flag():
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_the_probe(tmp_path, capsys):
+def test_fine_tuning_starts_from_the_probe(tmp_path, caplog):
     """Fine-tuning runs on 2 labelled digits per class, one step at a learning rate of 1e-12 and a
     batch-norm decay of 0.999999 (nothing moves): from the probe the held-out accuracy is far
     above the random head's (chance)."""
@@ -134,8 +134,9 @@ def test_fine_tuning_starts_from_the_probe(tmp_path, capsys):
         )
         return train(config)["eval_top1"]
 
+    caplog.set_level("INFO", logger="simclr_tf")
     random_head = run("initializer")
     probe = run("linear_probe")
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "Supervised head initialised by a linear probe on the frozen features of the 20 labelled" in out
     assert random_head < 0.3 and probe > random_head + 0.2, (random_head, probe)
