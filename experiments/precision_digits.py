@@ -78,6 +78,9 @@ def main(argv=None) -> int:
                         help="pretraining image side (default: the quickstart's)")
     parser.add_argument("--out", default="runs/precision", help="folder of the runs")
     args = parser.parse_args(argv)
+    from simclr_tf.console import show_library_logs
+
+    show_library_logs()  # the library logs its progress; a script shows it
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
 

@@ -101,6 +101,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model_dir", default="runs/digits_quickstart",
                         help="A quickstart run (run into it first if it has no export).")
     args = parser.parse_args(argv)
+    from simclr_tf.console import show_library_logs
+
+    show_library_logs()  # the library logs its progress; a script shows it
 
     started = time.time()
     rows, export_dir, held_out = evaluate(args.model_dir)

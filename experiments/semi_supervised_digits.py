@@ -329,6 +329,9 @@ def format_table(table: dict, settings, params: dict | None = None) -> str:
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    from simclr_tf.console import show_library_logs
+
+    show_library_logs()  # the library logs its progress; a script shows it
     import keras
 
     from simclr_tf.config import load_config
