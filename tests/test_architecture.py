@@ -18,6 +18,7 @@ LAYERS = [
     {"validation", "interrupts", "console"},  # standard library only
     {"plots"},  # matplotlib figures; nothing of simclr_tf
     {"config"},
+    {"variable_roles"},  # which variables are normalisation, biases, the head (for LARS, decay)
     {"losses", "optimizers", "schedules", "distribute", "precision", "data"},
     {"models"},
     {"checkpoints", "evaluation", "export"},

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf.data import folder
+from simclr_tf.data import decode, folder
 
 
 def _photo(height, width, seed=0):
@@ -21,15 +21,15 @@ def _photo(height, width, seed=0):
 
 
 def _tf(path, image_size=None):
-    reason, plan = folder._probe(str(path), folder.MAX_PIXELS, image_size)
+    reason, plan = decode.probe(str(path), decode.MAX_PIXELS, image_size)
     assert reason is None, reason
-    assert plan[0] != folder._PILLOW, f"{path.name} goes to Pillow"
-    return folder._tf_decode(tf.constant(str(path)), tf.constant(plan[0]), tf.constant(plan[1:3]),
-                             tf.constant(bool(plan[3]))).numpy()
+    assert plan[0] != decode.PILLOW, f"{path.name} goes to Pillow"
+    return decode.tf_decode(tf.constant(str(path)), tf.constant(plan[0]), tf.constant(plan[1:3]),
+                            tf.constant(bool(plan[3]))).numpy()
 
 
 def _decoder_of(path):
-    return folder._probe(str(path), folder.MAX_PIXELS)[1][0]
+    return decode.probe(str(path), decode.MAX_PIXELS)[1][0]
 
 
 def _ordinary(tmp_path):
@@ -61,7 +61,7 @@ def _ordinary(tmp_path):
 
 def test_tf_and_pillow_give_the_same_pixels(tmp_path):
     for name, path in _ordinary(tmp_path).items():
-        want = folder.read_image(str(path))
+        want = decode.read_image(str(path))
         got = _tf(path)
         assert got.dtype == np.uint8 and got.shape == want.shape == (48, 64, 3), name
         # JPEG: both run libjpeg with the accurate integer DCT; allow a level for another libjpeg build.
@@ -74,11 +74,11 @@ def test_downscaled_decoding_matches_pillow_closely(tmp_path):
     photo = _photo(768, 1024)
     Image.fromarray(photo).save(tmp_path / "big.jpg", quality=90)
     Image.fromarray(photo).save(tmp_path / "big.png")
-    cases = (("big.jpg", 32, 3), ("big.jpg", 100, 2), ("big.png", 32, folder._TF_IMAGE))
+    cases = (("big.jpg", 32, 3), ("big.jpg", 100, 2), ("big.png", 32, decode._TF_IMAGE))
     for name, image_size, branch in cases:
         path = tmp_path / name
-        assert folder._probe(str(path), folder.MAX_PIXELS, image_size)[1][0] == branch  # JPEG: 1/8, 1/4 scale
-        want = folder.read_image(str(path), image_size=image_size)
+        assert decode.probe(str(path), decode.MAX_PIXELS, image_size)[1][0] == branch  # JPEG: 1/8, 1/4 scale
+        want = decode.read_image(str(path), image_size=image_size)
         got = _tf(path, image_size)
         assert got.shape == want.shape == (image_size, round(1024 * image_size / 768), 3), name
         # Pillow reduces by a box filter first (reducing_gap=2), TensorFlow filters in one pass.
@@ -121,7 +121,7 @@ def _odd_files(root):
 def test_odd_files_go_to_pillow_and_decode_right(tmp_path):
     expected = _odd_files(tmp_path)
     for name in expected:
-        assert _decoder_of(tmp_path / name) == folder._PILLOW, name
+        assert _decoder_of(tmp_path / name) == decode.PILLOW, name
     source = folder.load_image_folder(str(tmp_path))
     assert source.num_examples == len(expected) and source.stats.skipped_files == 0
     images = [image.numpy() for image, _ in source.dataset]
