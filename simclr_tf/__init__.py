@@ -106,6 +106,11 @@ class _ThenRegister(importlib.abc.Loader):
     def __init__(self, loader, finder):
         self.loader, self.finder = loader, finder
 
+    def __getattr__(self, name):
+        # Everything else is the module's own loader's: `python -m` (runpy) asks for `get_code`,
+        # importlib.resources for `get_resource_reader`, tracebacks for `get_source`, ...
+        return getattr(self.loader, name)
+
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
