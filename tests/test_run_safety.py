@@ -177,7 +177,8 @@ def test_folder_run_with_names_that_are_not_utf8_trains(tmp_path):
     done = _run(command + ["--dataset=folder", f"--image_dir={tmp_path / 'images'}",
                            "--train_batch_size=4", "--eval_fraction=0.5"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr and "bro\\xefken.png" in done.stderr
+    # The library's warning (a broken file, its name escaped) is one of the run's plain log lines.
+    assert "Traceback" not in done.stderr and "bro\\xefken.png" in done.stdout + done.stderr
 
 
 def _unreadable_class_folder(tmp_path):

@@ -224,7 +224,7 @@ class ScalarSummaries(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.cadence = cadence
         self.writer = None
-        self.logs, self.written_step = {}, -1
+        self.logs, self.written_step, self.written_names = {}, -1, set()
         self.clock = (0.0, 0)
 
     def on_train_begin(self, logs=None):
@@ -234,12 +234,17 @@ class ScalarSummaries(keras.callbacks.Callback):
     def _write(self, logs, step):
         now, since = time.time(), self.clock
         values = {k: float(np.asarray(v)) for k, v in (logs or {}).items() if np.size(v) == 1}
-        if step > since[1] and now > since[0]:
+        if step == self.written_step:  # an epoch's end at a step already written: what is new only
+            values = {k: v for k, v in values.items() if k not in self.written_names}
+            if not values:
+                return
+        elif step > since[1] and now > since[0]:
             values["images_per_second"] = (step - since[1]) * self.batch_size / (now - since[0])
             self.clock = (now, step)
         with self.writer.as_default():
             for name, value in values.items():
                 tf.summary.scalar(name, value, step=step)
+        self.written_names = (self.written_names if step == self.written_step else set()) | set(values)
         self.written_step = step
 
     def on_train_batch_end(self, batch, logs=None):
